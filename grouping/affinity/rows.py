@@ -1,0 +1,68 @@
+"""The rows of the gradient-feature table: one per (example, task) pair that a surrogate uses.
+
+Rows are sorted by task, then split (train before validation), then example. For rare labels
+the negatives of a task may be subsampled (all positives kept); kept negatives then carry the
+weight (negatives in split) / (negatives kept), so weighted losses stay unbiased.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from grouping.tasksets import TRAIN, VAL, TaskSet
+
+
+@dataclass(frozen=True)
+class RowTable:
+    """Parallel arrays over R rows, plus per-task offsets: the rows of task t and split s
+    (TRAIN=0, VAL=1) are ``slice(offsets[t, s], offsets[t, s + 1])``."""
+
+    example: np.ndarray
+    task: np.ndarray
+    split: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.example)
+
+    def rows_of(self, tasks: np.ndarray, split: int) -> np.ndarray:
+        """Row indices of the given tasks in one split, concatenated in task order."""
+        return np.concatenate([np.arange(self.offsets[t, split], self.offsets[t, split + 1])
+                               for t in tasks])
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"example": self.example, "task": self.task, "split": self.split,
+                "label": self.label, "weight": self.weight, "offsets": self.offsets}
+
+
+def build_rows(taskset: TaskSet, max_negatives: int | None, seed: int) -> RowTable:
+    """All training and validation rows of every task (negatives capped per task and split)."""
+    rng = np.random.default_rng(seed)
+    parts = {key: [] for key in ("example", "task", "split", "label", "weight")}
+    offsets = np.zeros((taskset.num_tasks, 3), np.int64)
+    count = 0
+    for task in range(taskset.num_tasks):
+        for split in (TRAIN, VAL):
+            offsets[task, split] = count
+            examples = taskset.indices(split)
+            labels = taskset.labels[examples, task]
+            weights = np.ones(len(examples), np.float32)
+            negatives = np.flatnonzero(labels == 0)
+            if max_negatives is not None and len(negatives) > max_negatives:
+                kept = np.sort(rng.choice(negatives, max_negatives, replace=False))
+                keep = np.sort(np.concatenate([np.flatnonzero(labels == 1), kept]))
+                weights[negatives] = len(negatives) / max_negatives
+                examples, labels, weights = examples[keep], labels[keep], weights[keep]
+            parts["example"].append(examples)
+            parts["task"].append(np.full(len(examples), task, np.int64))
+            parts["split"].append(np.full(len(examples), split, np.int8))
+            parts["label"].append(labels.astype(np.float32))
+            parts["weight"].append(weights)
+            count += len(examples)
+        offsets[task, 2] = count
+    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    return RowTable(offsets=offsets, **arrays)

@@ -1,0 +1,6 @@
+"""Clustering of a task-affinity matrix into groups: every task in exactly one group."""
+
+from grouping.clustering.baselines import random_groups, spectral_groups
+from grouping.clustering.sdp import choose_num_groups, sdp_groups, solve_sdp
+
+__all__ = ["choose_num_groups", "random_groups", "sdp_groups", "solve_sdp", "spectral_groups"]

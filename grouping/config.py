@@ -1,0 +1,258 @@
+"""YAML run configuration, validated into typed pydantic models.
+
+Unknown keys, wrong types, out-of-range values, impossible combinations and missing files
+raise :class:`ConfigError` with one line naming the field or file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A mistake in the user's configuration or input files; reported in one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Splits(_Strict):
+    """Fractions of nodes in the training and validation splits; the rest is test."""
+
+    train: float = Field(0.15, gt=0, lt=1)
+    val: float = Field(0.30, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_test(self) -> Splits:
+        if self.train + self.val >= 1:
+            raise ValueError("train + val must be below 1 so that a test split remains")
+        return self
+
+
+class SBMTaskSet(_Strict):
+    """Seeded stochastic block model with planted task families (grouping.tasksets.sbm)."""
+
+    kind: Literal["sbm"]
+    num_blocks: int = Field(16, ge=2)
+    block_size: int = Field(150, ge=10)
+    p_in: float = Field(0.04, gt=0, le=1)
+    p_out: float = Field(0.0015, ge=0, le=1)
+    num_families: int = Field(6, ge=1)
+    tasks_per_family: int = Field(5, ge=1)
+    drop_fraction: float = Field(0.1, ge=0, lt=1)
+    flip_fraction: float = Field(0.2, ge=0, lt=0.5)
+    splits: Splits = Splits()
+
+    @model_validator(mode="after")
+    def _families_fit(self) -> SBMTaskSet:
+        if self.num_families > self.num_blocks:
+            raise ValueError("num_families must not exceed num_blocks (a family owns a block)")
+        return self
+
+    @property
+    def num_tasks(self) -> int:
+        return self.num_families * self.tasks_per_family
+
+
+class SnapTaskSet(_Strict):
+    """SNAP edge list and ground-truth communities (grouping.tasksets.snap)."""
+
+    kind: Literal["snap"]
+    edges: Path
+    communities: Path
+    num_tasks: int = Field(100, ge=2)
+    splits: Splits = Splits()
+
+
+TaskSetConfig = Annotated[SBMTaskSet | SnapTaskSet, Field(discriminator="kind")]
+
+
+class FeaturesConfig(_Strict):
+    """Node features: FastRP structural embedding or a given .npy array, then SIGN."""
+
+    kind: Literal["fastrp", "given"] = "fastrp"
+    path: Path | None = None
+    dim: int = Field(64, ge=2)
+    hops: int = Field(4, ge=1, le=10)
+    degree_exponent: float = -0.5
+    sign_hops: int = Field(0, ge=0, le=6)
+
+    @model_validator(mode="after")
+    def _path_for_given(self) -> FeaturesConfig:
+        if self.kind == "given" and self.path is None:
+            raise ValueError("features.path is required when features.kind is 'given'")
+        return self
+
+
+class ModelConfig(_Strict):
+    """SIGN-MLP: an MLP trunk over propagated features, one logit head per task."""
+
+    hidden: list[Annotated[int, Field(ge=1)]] = [8, 8]
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """The training loop shared by base, group and single-task models."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1)
+
+
+class AffinityConfig(_Strict):
+    """Grad-TAG estimation: projected output gradients, subset surrogates, aggregation."""
+
+    method: Literal["gradtag"] = "gradtag"
+    projection_dim: int = Field(200, ge=1)
+    subset_size: int = Field(10, ge=2)
+    coverage: float = Field(10.0, gt=0)
+    num_subsets: int | None = Field(None, ge=1)
+    l2: float = Field(0.1, gt=0)
+    max_negatives: int | None = Field(None, ge=1)
+    newton_iterations: int = Field(50, ge=1)
+    tolerance: float = Field(1e-8, gt=0)
+
+
+class ClusteringConfig(_Strict):
+    """Clustering of the affinity matrix into groups."""
+
+    method: Literal["sdp", "spectral"] = "sdp"
+    num_groups: int | Literal["auto"] = "auto"
+    max_groups: int = Field(20, ge=2)
+    solver: Literal["SCS", "CLARABEL"] = "SCS"
+
+
+class GroupsConfig(_Strict):
+    """Which groupings are trained and compared."""
+
+    single_task: bool = True
+    random_seeds: int = Field(3, ge=0)
+    spectral: bool = True
+
+
+class RayConfig(_Strict):
+    """Ray resources: workers per fan-out stage and each worker's share of a node."""
+
+    address: str | None = None
+    num_workers: int = Field(2, ge=1)
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+    num_gpus_per_worker: float = Field(0.0, ge=0)
+    chunk_rows: int = Field(2048, ge=1)
+    subsets_per_batch: int = Field(8, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+
+class RunConfig(_Strict):
+    """One pipeline run."""
+
+    name: str = Field("run", min_length=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    taskset: TaskSetConfig
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    affinity: AffinityConfig = AffinityConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    groups: GroupsConfig = GroupsConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RunConfig:
+        num_tasks = self.taskset.num_tasks
+        if self.affinity.subset_size >= num_tasks:
+            raise ValueError(
+                f"affinity.subset_size ({self.affinity.subset_size}) must be below the number "
+                f"of tasks ({num_tasks})"
+            )
+        k = self.clustering.num_groups
+        if k != "auto" and not 1 <= k <= num_tasks:
+            raise ValueError(f"clustering.num_groups ({k}) must be between 1 and the number "
+                             f"of tasks ({num_tasks})")
+        return self
+
+    def digest(self, *sections: str) -> str:
+        """Hash of the named top-level sections (all when none), for the stage cache."""
+        data = self.model_dump(mode="json")
+        picked = {key: data[key] for key in (sections or tuple(sorted(data)))}
+        text = json.dumps(picked, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _format_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"] if not str(part) in ("sbm", "snap"))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{location or 'config'}: {message}"
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {path}: {key} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def _check_files(config: RunConfig) -> None:
+    paths = []
+    if isinstance(config.taskset, SnapTaskSet):
+        paths += [("taskset.edges", config.taskset.edges),
+                  ("taskset.communities", config.taskset.communities)]
+    if config.features.path is not None:
+        paths.append(("features.path", config.features.path))
+    for field, path in paths:
+        if not path.is_file():
+            raise ConfigError(f"{field}: file not found: {path}")
+
+
+def parse_config(data: Any, overrides: list[str] = ()) -> RunConfig:
+    """Validate a config mapping (after applying ``--set`` overrides)."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    data = json.loads(json.dumps(data, default=str))
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error)) from None
+    _check_files(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read, override and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML") from None
+    return parse_config(data, overrides)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

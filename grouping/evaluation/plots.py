@@ -1,0 +1,53 @@
+"""Figures of the report (matplotlib, written as PNG)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def affinity_heatmap(affinity: np.ndarray, groups: list[list[int]]) -> bytes:
+    """T with tasks ordered by group, group boundaries drawn."""
+    order = [task for group in groups for task in group]
+    figure, axis = plt.subplots(figsize=(6, 5))
+    limit = float(np.abs(affinity).max()) or 1.0
+    image = axis.imshow(affinity[np.ix_(order, order)], cmap="RdBu_r", vmin=-limit, vmax=limit)
+    edge = -0.5
+    for group in groups[:-1]:
+        edge += len(group)
+        axis.axhline(edge, color="black", linewidth=0.8)
+        axis.axvline(edge, color="black", linewidth=0.8)
+    axis.set_title("Task affinity T, ordered by group")
+    axis.set_xlabel("task (by group)")
+    axis.set_ylabel("task (by group)")
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    return _png(figure)
+
+
+def comparison_bars(summary: list[dict]) -> bytes:
+    """Mean and worst-task test F1 per grouping, with the seed spread as error bars."""
+    labels = [f"{line['grouping']} ({line['optimizer']})" for line in summary]
+    positions = np.arange(len(summary))
+    figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(summary)), 4))
+    for offset, key, name in ((-0.2, "mean_test_f1", "mean F1"),
+                              (0.2, "worst_test_f1", "worst-task F1")):
+        errors = [line[f"{key}_std"] or 0.0 for line in summary]
+        axis.bar(positions + offset, [line[key] for line in summary], 0.4, yerr=errors,
+                 capsize=3, label=name)
+    axis.set_xticks(positions, labels, rotation=20, ha="right")
+    axis.set_ylabel("test F1")
+    axis.set_title("Groupings compared (error bars: std over seeds)")
+    axis.legend()
+    return _png(figure)

@@ -1,0 +1,51 @@
+"""SIGN-MLP (Frasca et al., "SIGN: Scalable Inception Graph Neural Networks", 2020):
+precomputed propagated node features feed an MLP trunk; each task has its own logit head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model on another worker (with a state dict)."""
+
+    in_dim: int
+    hidden: tuple[int, ...]
+    num_heads: int
+    dropout: float = 0.0
+
+
+class SignMLP(nn.Module):
+    """MLP trunk (Linear-ReLU per hidden width) and ``num_heads`` linear logit heads.
+
+    The heads are stored as one ``nn.Linear(hidden[-1], num_heads)``: row k is head k.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = spec.in_dim
+        for size in spec.hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if spec.dropout > 0:
+                layers.append(nn.Dropout(spec.dropout))
+            width = size
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.Linear(width, spec.num_heads)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[batch, in_dim] → [batch, num_heads] logits."""
+        return self.heads(self.trunk(inputs))
+
+
+def build_model(spec: ModelSpec, seed: int) -> SignMLP:
+    """A freshly initialised model, seeded."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = SignMLP(spec)
+    torch.random.set_rng_state(generator_state)
+    return model

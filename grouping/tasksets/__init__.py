@@ -1,0 +1,39 @@
+"""Task-set builders: every builder returns a :class:`TaskSet`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from grouping.config import ConfigError, RunConfig, SBMTaskSet
+from grouping.tasksets.base import TEST, TRAIN, VAL, TaskSet
+from grouping.tasksets.features import fastrp, sign_features, standardize, symmetric_adjacency
+from grouping.tasksets.graph import CommunityGraph
+from grouping.tasksets.sbm import generate_sbm
+from grouping.tasksets.snap import load_snap
+
+__all__ = ["TEST", "TRAIN", "VAL", "TaskSet", "build_taskset", "graph_taskset"]
+
+
+def graph_taskset(graph: CommunityGraph, config: RunConfig) -> TaskSet:
+    """Node features for a community graph (given or FastRP, then SIGN), as a TaskSet."""
+    adjacency = symmetric_adjacency(graph.edges, graph.num_nodes)
+    options = config.features
+    if options.kind == "given":
+        base = np.load(options.path).astype(np.float32)
+        if base.ndim != 2 or base.shape[0] != graph.num_nodes:
+            raise ConfigError(f"features.path: {options.path} must hold a [num_nodes="
+                              f"{graph.num_nodes}, F] array, found shape {base.shape}")
+    else:
+        rng = np.random.default_rng(config.seed + 1)
+        base = fastrp(adjacency, options.dim, options.hops, options.degree_exponent, rng)
+    features = standardize(sign_features(adjacency, base, options.sign_hops))
+    return TaskSet(features, graph.labels, graph.split, graph.task_names, graph.families)
+
+
+def build_taskset(config: RunConfig) -> TaskSet:
+    """Build the task set a run config names."""
+    if isinstance(config.taskset, SBMTaskSet):
+        graph = generate_sbm(config.taskset, config.seed)
+    else:
+        graph = load_snap(config.taskset, config.seed)
+    return graph_taskset(graph, config)

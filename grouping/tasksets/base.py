@@ -1,0 +1,60 @@
+"""The TaskSet type every builder returns and every stage consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """T binary tasks over n shared examples.
+
+    Attributes:
+        features: [n, F] float32 model inputs (for graphs, already propagated).
+        labels: [n, T] uint8 observed labels (noisy where the builder plants noise in the
+            training and validation splits; the test split holds clean labels).
+        split: [n] int8, TRAIN / VAL / TEST per example.
+        task_names: T names.
+        families: [T] planted family per task when the builder knows it, else None.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    task_names: list[str]
+    families: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n, num_tasks = self.labels.shape
+        if self.features.shape[0] != n or self.split.shape != (n,):
+            raise ValueError("features, labels and split disagree on the number of examples")
+        if len(self.task_names) != num_tasks:
+            raise ValueError("task_names must name every label column")
+
+    @property
+    def num_tasks(self) -> int:
+        return self.labels.shape[1]
+
+    @property
+    def num_examples(self) -> int:
+        return self.labels.shape[0]
+
+    def indices(self, split: int) -> np.ndarray:
+        """Example indices of one split, ascending."""
+        return np.flatnonzero(self.split == split)
+
+
+def random_split(num_examples: int, train: float, val: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Assign each example to TRAIN, VAL or TEST uniformly at random by the fractions."""
+    order = rng.permutation(num_examples)
+    split = np.full(num_examples, TEST, dtype=np.int8)
+    num_train = int(round(train * num_examples))
+    num_val = int(round(val * num_examples))
+    split[order[:num_train]] = TRAIN
+    split[order[num_train:num_train + num_val]] = VAL
+    return split

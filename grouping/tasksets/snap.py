@@ -1,0 +1,70 @@
+"""SNAP ground-truth community files (Yang and Leskovec, ICDM 2012) as labelling tasks."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from grouping.config import ConfigError, SnapTaskSet
+from grouping.tasksets.base import random_split
+from grouping.tasksets.graph import CommunityGraph
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+
+
+def read_edge_list(path: Path) -> np.ndarray:
+    """[E, 2] int64 original ids from a white-space separated edge list ('#' comments)."""
+    try:
+        with _open_text(path) as handle:
+            edges = np.loadtxt(handle, comments="#", dtype=np.int64, ndmin=2)
+    except (ValueError, OSError, EOFError) as error:
+        raise ConfigError(f"{path}: not an edge list of integer id pairs ({error})") from None
+    if edges.shape[1] < 2 or len(edges) == 0:
+        raise ConfigError(f"{path}: expected two integer node ids per line")
+    return edges[:, :2]
+
+
+def read_communities(path: Path) -> list[np.ndarray]:
+    """One array of original node ids per non-empty, non-comment line."""
+    communities = []
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                communities.append(np.array(text.split(), dtype=np.int64))
+            except ValueError:
+                raise ConfigError(f"{path}: line {number}: expected integer node ids") from None
+    return communities
+
+
+def load_snap(config: SnapTaskSet, seed: int) -> CommunityGraph:
+    """The graph of ``config.edges`` with the ``num_tasks`` largest communities as tasks.
+
+    Node ids may be arbitrary and non-contiguous; they are mapped to 0..n-1 in sorted order.
+    Community members absent from the edge list are ignored. Ties in size keep file order.
+    """
+    raw_edges = read_edge_list(config.edges)
+    ids, inverse = np.unique(raw_edges, return_inverse=True)
+    edges = inverse.reshape(raw_edges.shape).astype(np.int64)
+    communities = read_communities(config.communities)
+    if len(communities) < config.num_tasks:
+        raise ConfigError(f"taskset.num_tasks: {config.communities} holds only "
+                          f"{len(communities)} communities, {config.num_tasks} requested")
+    order = sorted(range(len(communities)), key=lambda c: -len(communities[c]))
+    chosen = order[:config.num_tasks]
+    labels = np.zeros((len(ids), config.num_tasks), np.uint8)
+    for task, community in enumerate(chosen):
+        members = communities[community]
+        index = np.searchsorted(ids, members)
+        present = (index < len(ids)) & (ids[np.minimum(index, len(ids) - 1)] == members)
+        labels[index[present], task] = 1
+    rng = np.random.default_rng(seed)
+    split = random_split(len(ids), config.splits.train, config.splits.val, rng)
+    names = [f"community{c}" for c in chosen]
+    return CommunityGraph(edges, len(ids), labels, split, names)

@@ -1,0 +1,66 @@
+"""Gradient features fanned out over Ray actors, each holding the base model once.
+
+Rows are cut into fixed chunks of ``ray.chunk_rows`` whatever the number of workers, and every
+actor runs with the same number of torch threads, so results are bit-identical for 1 or N
+workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+from ray.util import ActorPool
+from tqdm import tqdm
+
+from grouping.affinity.gradients import output_gradients
+from grouping.affinity.projection import dense_projection
+from grouping.config import RayConfig
+from grouping.models import ModelSpec, build_model
+from workers.runtime import worker_threads
+
+
+class GradientWorker:
+    """Holds the base model, the node features and the projection; computes chunks of rows."""
+
+    def __init__(self, spec: ModelSpec, state: dict, features: np.ndarray, dim: int, seed: int,
+                 threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.model = build_model(spec, seed)
+        self.model.load_state_dict(state)
+        self.features = torch.from_numpy(np.asarray(features))
+        shapes = {name: param.shape for name, param in self.model.named_parameters()}
+        self.projection = dense_projection(shapes, dim, seed)
+
+    def compute(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f0, projected = output_gradients(self.model, self.projection,
+                                         self.features[torch.from_numpy(examples)],
+                                         torch.from_numpy(tasks))
+        return f0.numpy(), projected.numpy()
+
+
+def compute_gradient_features(spec: ModelSpec, state: dict, features: np.ndarray,
+                              examples: np.ndarray, tasks: np.ndarray, dim: int, seed: int,
+                              config: RayConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Base logits [R] and projected gradients [R, dim] of rows (examples[r], tasks[r])."""
+    actor_class = ray.remote(GradientWorker).options(
+        num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker,
+        max_restarts=config.max_retries, max_task_retries=config.max_retries)
+    state = {name: tensor.cpu() for name, tensor in state.items()}
+    shared = [ray.put(value) for value in (spec, state, features)]
+    bounds = list(range(0, len(examples), config.chunk_rows))
+    actors = [actor_class.remote(*shared, dim, seed, worker_threads(config.num_cpus_per_worker))
+              for _ in range(min(config.num_workers, len(bounds)))]
+    pool = ActorPool(actors)
+    chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])
+              for start in bounds]
+    f0 = np.empty(len(examples), np.float32)
+    projected = np.empty((len(examples), dim), np.float32)
+    results = pool.map(lambda actor, chunk: actor.compute.remote(*chunk), chunks)
+    for start, (chunk_f0, chunk_g) in tqdm(zip(bounds, results), total=len(bounds),
+                                           desc="gradient features", unit="chunk"):
+        f0[start:start + len(chunk_f0)] = chunk_f0
+        projected[start:start + len(chunk_f0)] = chunk_g
+    for actor in actors:
+        ray.kill(actor)
+    return f0, projected

@@ -1,0 +1,175 @@
+"""Stage orchestration used by the driver: each stage is a function of the config and the
+previous stages' artifacts, cached in the run directory under a digest of its inputs."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from grouping.affinity.aggregate import affinity_from_losses
+from grouping.affinity.rows import RowTable, build_rows
+from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
+from grouping.artifacts import RunDirectory
+from grouping.clustering import choose_num_groups, random_groups, sdp_groups, spectral_groups
+from grouping.config import RunConfig, dump_config
+from grouping.evaluation.comparison import comparison_row
+from grouping.evaluation.report import write_report
+from grouping.models import ModelSpec
+from grouping.tasksets import TaskSet, build_taskset
+from workers.gradients import compute_gradient_features
+from workers.surrogates import compute_subset_losses
+from workers.training import train_groups
+
+BASE_SECTIONS = ("seed", "taskset", "features", "model", "train")
+ESTIMATE_SECTIONS = (*BASE_SECTIONS, "affinity")
+GROUP_SECTIONS = (*ESTIMATE_SECTIONS, "clustering")
+COMPARE_SECTIONS = (*GROUP_SECTIONS, "groups")
+
+
+def _labels_of(groups: list[list[int]], num_tasks: int) -> np.ndarray:
+    labels = np.zeros(num_tasks, np.int64)
+    for number, group in enumerate(groups):
+        labels[group] = number
+    return labels
+
+
+class Pipeline:
+    """One run: the task set, then the stages base → gradients → surrogates → affinity →
+    groups → comparison → report, each skipped on ``--resume`` when already current."""
+
+    def __init__(self, config: RunConfig, run: RunDirectory, resume: bool) -> None:
+        self.config, self.run, self.resume = config, run, resume
+        self.taskset: TaskSet | None = None
+
+    def _stage(self, name: str, sections: tuple[str, ...], files: list[str], compute) -> None:
+        ran = self.run.run_stage(name, self.config.digest(*sections), files, compute, self.resume)
+        print(f"[{name}] {'done' if ran else 'current, reused'}", flush=True)
+
+    def execute(self) -> None:
+        self.run.write_text("config.yaml", dump_config(self.config))
+        self.run.manifest["config_digest"] = self.config.digest()
+        start = time.perf_counter()
+        self.taskset = build_taskset(self.config)
+        self.run.manifest["taskset_seconds"] = time.perf_counter() - start
+        self._stage("base", BASE_SECTIONS, ["base_model.pt", "base_metrics.json"], self._base)
+        self._stage("gradients", ESTIMATE_SECTIONS,
+                    ["gradients/rows.npz", "gradients/f0.npy", "gradients/features.npy"],
+                    self._gradients)
+        self._stage("surrogates", ESTIMATE_SECTIONS, ["subset_losses.npz", "subset_losses.csv"],
+                    self._surrogates)
+        self._stage("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity)
+        self._stage("groups", GROUP_SECTIONS, ["groups.json"], self._groups)
+        self._stage("comparison", COMPARE_SECTIONS, ["comparison.json", "task_metrics.json"],
+                    self._comparison)
+        write_report(self.run.path)
+
+    def _base(self) -> None:
+        (result,) = train_groups(self.taskset, [list(range(self.taskset.num_tasks))],
+                                 self.config, "base model")
+        self.run.save_torch("base_model.pt", {"spec": result["spec"].__dict__,
+                                              "state": result["state"]})
+        self.run.write_json("base_metrics.json", {key: result[key] for key in (
+            "tasks", "best_epoch", "best_val_loss", "seconds")})
+
+    def _load_base(self) -> tuple[ModelSpec, dict]:
+        saved = self.run.load_torch("base_model.pt")
+        spec = saved["spec"]
+        return ModelSpec(spec["in_dim"], tuple(spec["hidden"]), spec["num_heads"],
+                         spec["dropout"]), saved["state"]
+
+    def _gradients(self) -> None:
+        options = self.config.affinity
+        rows = build_rows(self.taskset, options.max_negatives, self.config.seed)
+        spec, state = self._load_base()
+        f0, projected = compute_gradient_features(
+            spec, state, self.taskset.features, rows.example, rows.task,
+            options.projection_dim, self.config.seed, self.config.ray)
+        self.run.save_arrays("gradients/rows.npz", **rows.as_dict())
+        self.run.save_array("gradients/f0.npy", f0)
+        self.run.save_array("gradients/features.npy", projected)
+
+    def _surrogates(self) -> None:
+        options, num_tasks = self.config.affinity, self.taskset.num_tasks
+        count = options.num_subsets or subsets_for_coverage(
+            num_tasks, options.subset_size, options.coverage)
+        subsets = sample_subsets(num_tasks, options.subset_size, count, self.config.seed)
+        rows = RowTable(**self.run.load_arrays("gradients/rows.npz"))
+        losses = compute_subset_losses(
+            subsets, rows, self.run.load_array("gradients/f0.npy"),
+            self.run.load_array("gradients/features.npy", mmap=True), options, self.config.ray)
+        self.run.save_arrays("subset_losses.npz", subsets=subsets, losses=losses)
+        lines = ["subset,task,task_name,estimated_loss"]
+        for number, (subset, loss) in enumerate(zip(subsets, losses)):
+            lines += [f"{number},{task},{self.taskset.task_names[task]},{value:.8g}"
+                      for task, value in zip(subset, loss)]
+        self.run.write_text("subset_losses.csv", "\n".join(lines) + "\n")
+
+    def _affinity(self) -> None:
+        table = self.run.load_arrays("subset_losses.npz")
+        self.run.save_array("affinity.npy", affinity_from_losses(
+            table["subsets"], table["losses"], self.taskset.num_tasks))
+
+    def _groups(self) -> None:
+        affinity = self.run.load_array("affinity.npy")
+        options, seed = self.config.clustering, self.config.seed
+        rule = "given"
+        num_groups = options.num_groups
+        if num_groups == "auto":
+            num_groups = choose_num_groups(affinity, options.max_groups)
+            rule = "auto: largest eigengap of the normalised Laplacian of max(T, 0)"
+        start = time.perf_counter()
+        if options.method == "sdp":
+            chosen = sdp_groups(affinity, num_groups, options.solver, seed)
+        else:
+            chosen = spectral_groups(affinity, num_groups, seed)
+        seconds = time.perf_counter() - start
+        spectral = spectral_groups(affinity, num_groups, seed)
+        record = {"method": options.method, "num_groups": num_groups, "k_rule": rule,
+                  "groups": chosen, "group_names": [[self.taskset.task_names[t] for t in group]
+                                                    for group in chosen],
+                  "spectral_groups": spectral, "clustering_seconds": seconds}
+        if self.taskset.families is not None:
+            num_tasks = self.taskset.num_tasks
+            record["planted_families"] = self.taskset.families.tolist()
+            record["ari_planted"] = float(adjusted_rand_score(
+                self.taskset.families, _labels_of(chosen, num_tasks)))
+            record["ari_planted_spectral"] = float(adjusted_rand_score(
+                self.taskset.families, _labels_of(spectral, num_tasks)))
+        self.run.write_json("groups.json", record)
+
+    def _comparison(self) -> None:
+        taskset, options = self.taskset, self.config.groups
+        record = self.run.read_json("groups.json")
+        seconds = self.run.stage_seconds()
+        search = sum(seconds[stage] for stage in ("gradients", "surrogates", "affinity", "groups"))
+        chosen = record["groups"]
+        plans = [("gradtag", None, chosen, search)]
+        if options.spectral:
+            plans.append(("spectral", None, record["spectral_groups"], search))
+        sizes = [len(group) for group in chosen]
+        plans += [("random", seed, random_groups(sizes, taskset.num_tasks, self.config.seed + seed),
+                   0.0) for seed in range(options.random_seeds)]
+        if options.single_task:
+            plans.append(("single", None, [[task] for task in range(taskset.num_tasks)], 0.0))
+        jobs = [(plan, group) for plan in plans for group in plan[2]]
+        results = train_groups(taskset, [group for _, group in jobs], self.config,
+                               "group models")
+        base = self.run.read_json("base_metrics.json")
+        rows = [comparison_row("all", [list(range(taskset.num_tasks))], [base])]
+        per_task = {"all": base["tasks"]}
+        for grouping, seed, groups, search_seconds in plans:
+            mine = [result for (plan, _), result in zip(jobs, results) if plan[0] == grouping
+                    and plan[1] == seed]
+            rows.append(comparison_row(grouping, groups, mine, search_seconds, seed))
+            key = grouping if seed is None else f"{grouping}-seed{seed}"
+            per_task[key] = sorted((task for result in mine for task in result["tasks"]),
+                                   key=lambda task: task["task"])
+        self.run.write_json("comparison.json", rows)
+        self.run.write_json("task_metrics.json", per_task)
+        gradtag = [result for (plan, _), result in zip(jobs, results) if plan[0] == "gradtag"]
+        for number, result in enumerate(gradtag):
+            self.run.save_torch(f"group_models/group{number}.pt", {
+                "tasks": [task["task"] for task in result["tasks"]],
+                "spec": result["spec"].__dict__, "state": result["state"]})

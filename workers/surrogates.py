@@ -1,0 +1,36 @@
+"""Surrogate fits fanned out over Ray in fixed batches of subsets (results do not depend on
+the number of workers: each batch is the same batch on any worker)."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+
+from grouping.affinity.rows import RowTable
+from grouping.affinity.surrogate import subset_losses
+from grouping.config import AffinityConfig, RayConfig
+from workers.progress import run_windowed
+from workers.runtime import worker_threads
+
+
+def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: np.ndarray,
+               options: AffinityConfig, threads: int) -> np.ndarray:
+    torch.set_num_threads(threads)
+    return subset_losses(subsets, rows, f0, gradients, options.l2, options.newton_iterations,
+                         options.tolerance)
+
+
+def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
+                          gradients: np.ndarray, options: AffinityConfig,
+                          config: RayConfig) -> np.ndarray:
+    """f̂(S, i) for every subset: [m, s]."""
+    remote = ray.remote(_fit_batch).options(
+        num_cpus=config.num_cpus_per_worker, max_retries=config.max_retries)
+    shared = [ray.put(value) for value in (rows, f0, gradients)]
+    threads = worker_threads(config.num_cpus_per_worker)
+    batches = [subsets[start:start + config.subsets_per_batch]
+               for start in range(0, len(subsets), config.subsets_per_batch)]
+    results = run_windowed(lambda batch: remote.remote(batch, *shared, options, threads),
+                           batches, config.num_workers, "surrogate fits")
+    return np.concatenate(results)

@@ -1,0 +1,30 @@
+"""Group models trained as Ray tasks with declared resources, retried on failure."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from grouping.config import RunConfig
+from grouping.group_models import train_group
+from grouping.tasksets import TaskSet
+from grouping.training import resolve_device
+from workers.progress import run_windowed
+from workers.runtime import worker_threads
+
+
+def _train(taskset: TaskSet, tasks: list[int], config: RunConfig) -> dict:
+    torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
+    return train_group(taskset, tasks, config.model, config.train, config.seed,
+                       resolve_device(config.device))
+
+
+def train_groups(taskset: TaskSet, groups: list[list[int]], config: RunConfig,
+                 description: str) -> list[dict]:
+    """Train one model per group (in parallel over Ray); per-group results in order."""
+    remote = ray.remote(_train).options(
+        num_cpus=config.ray.num_cpus_per_worker, num_gpus=config.ray.num_gpus_per_worker,
+        max_retries=config.ray.max_retries)
+    shared = ray.put(taskset)
+    return run_windowed(lambda tasks: remote.remote(shared, tasks, config), groups,
+                        config.ray.num_workers, description)
