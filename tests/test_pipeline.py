@@ -1,0 +1,81 @@
+"""The pipeline end to end on Ray: planted groups recovered, results independent of the
+number of workers, resume and the run directory's safety."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import small_sbm_config
+
+from grouping.artifacts import RunDirectory
+from grouping.config import ConfigError, parse_config
+from workers.pipeline import Pipeline
+
+
+def _run(tmp_path, name: str, resume: bool = False, **sections) -> RunDirectory:
+    config = parse_config(small_sbm_config(**sections))
+    run = RunDirectory(tmp_path / name, resume)
+    Pipeline(config, run, resume).execute()
+    return run
+
+
+@pytest.fixture(scope="module")
+def finished(ray_session, tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("runs"), "main")
+
+
+def test_pipeline_recovers_the_planted_families(finished):
+    groups = json.loads(finished.file("groups.json").read_text())
+    assert groups["ari_planted"] >= 0.8
+    assert sorted(t for group in groups["groups"] for t in group) == list(range(12))
+
+
+def test_run_directory_holds_every_artifact(finished):
+    for name in ("config.yaml", "manifest.json", "affinity.npy", "subset_losses.npz",
+                 "subset_losses.csv", "groups.json", "summary.json", "report.md",
+                 "comparison.json", "affinity_heatmap.png", "comparison.png",
+                 "base_model.pt", "group_models/group0.pt"):
+        assert finished.file(name).is_file(), name
+    rows = json.loads(finished.file("comparison.json").read_text())
+    assert {row["grouping"] for row in rows} == {"all", "gradtag", "random"}
+    for row in rows:
+        assert set(row) >= {"grouping", "optimizer", "num_groups", "mean_test_f1",
+                            "worst_test_f1", "mean_test_ap", "seconds"}
+        assert 0 <= row["worst_test_f1"] <= row["mean_test_f1"] <= 1
+    manifest = json.loads(finished.file("manifest.json").read_text())
+    assert set(manifest["stages"]) == {"base", "gradients", "surrogates", "affinity", "groups",
+                                       "comparison"}
+    assert "| gradtag |" in finished.file("report.md").read_text()
+
+
+def test_one_and_three_workers_give_identical_affinity(finished, tmp_path):
+    three = _run(tmp_path, "three", ray={"num_workers": 3})
+    one = _run(tmp_path, "one", ray={"num_workers": 1})
+    for run in (one, three):
+        assert np.array_equal(run.load_array("gradients/features.npy"),
+                              finished.load_array("gradients/features.npy"))
+        assert np.array_equal(run.load_array("affinity.npy"), finished.load_array("affinity.npy"))
+        assert run.read_json("groups.json")["groups"] == finished.read_json("groups.json")["groups"]
+
+
+def test_resume_reuses_current_stages_and_redoes_changed_ones(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished.path, copy)
+    before = json.loads((copy / "manifest.json").read_text())["stages"]
+    config = parse_config(small_sbm_config(clustering={"num_groups": 2}))
+    Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute()
+    after = json.loads((copy / "manifest.json").read_text())["stages"]
+    for stage in ("base", "gradients", "surrogates", "affinity"):
+        assert after[stage] == before[stage], stage
+    assert after["groups"]["finished_at"] >= before["groups"]["finished_at"]
+    assert after["groups"]["digest"] != before["groups"]["digest"]
+    assert json.loads((copy / "groups.json").read_text())["num_groups"] == 2
+
+
+def test_an_earlier_run_is_never_overwritten(finished):
+    with pytest.raises(ConfigError, match="--resume"):
+        RunDirectory(finished.path, resume=False)
