@@ -190,7 +190,7 @@ class RunConfig(_Strict):
 
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"] if not str(part) in ("sbm", "snap"))
+    location = ".".join(str(part) for part in first["loc"] if str(part) not in ("sbm", "snap"))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"

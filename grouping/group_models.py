@@ -29,7 +29,7 @@ def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
                      model_config.dropout)
     model = build_model(spec, seed)
     result = train_model(model, taskset, columns, train_config, seed, device)
-    logits = predict(model, torch.from_numpy(taskset.features).to(device)).cpu().numpy()
+    logits = predict(model, torch.tensor(taskset.features, device=device)).cpu().numpy()
     return {"tasks": task_metrics(taskset, logits, columns), "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "spec": spec,
             "state": {name: value.cpu() for name, value in result.state.items()},

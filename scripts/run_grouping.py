@@ -41,7 +41,8 @@ def prepare(arguments: argparse.Namespace) -> tuple[RunConfig, RunDirectory]:
     config = load_config(arguments.config, arguments.set)
     if arguments.resume and not arguments.output:
         raise ConfigError("--resume needs --output naming the run to continue")
-    output = arguments.output or ROOT / "results" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    output = arguments.output or ROOT / "results" / f"{config.name}-{stamp}"
     return config, RunDirectory(output, arguments.resume)
 
 

@@ -18,20 +18,21 @@ def ray_session():
 
 
 def small_sbm_config(**sections) -> dict:
-    """A strongly planted SBM: 3 families × 4 tasks on 8 blocks of 100 nodes."""
+    """The quickstart's planted SBM (6 families × 4 tasks on 16 blocks of 150 nodes, narrow
+    trunk), with only the Grad-TAG groups and one random grouping trained."""
     config = {
         "name": "test-sbm",
-        "seed": 0,
-        "taskset": {"kind": "sbm", "num_blocks": 8, "block_size": 100, "p_in": 0.06,
-                    "p_out": 0.002, "num_families": 3, "tasks_per_family": 4,
+        "seed": 1,
+        "taskset": {"kind": "sbm", "num_blocks": 16, "block_size": 150, "p_in": 0.04,
+                    "p_out": 0.0015, "num_families": 6, "tasks_per_family": 4,
                     "drop_fraction": 0.1, "flip_fraction": 0.2},
-        "features": {"kind": "fastrp", "dim": 32, "hops": 3},
-        "model": {"hidden": [8, 8]},
-        "train": {"max_epochs": 100, "patience": 15},
-        "affinity": {"projection_dim": 100, "subset_size": 4, "coverage": 20},
-        "clustering": {"num_groups": "auto"},
+        "features": {"kind": "fastrp", "dim": 64, "hops": 4, "sign_hops": 2},
+        "model": {"hidden": [4, 4]},
+        "train": {"max_epochs": 200, "patience": 20},
+        "affinity": {"projection_dim": 400, "subset_size": 10, "coverage": 30},
+        "clustering": {"num_groups": 6},
         "groups": {"single_task": False, "random_seeds": 1, "spectral": False},
-        "ray": {"num_workers": 2, "chunk_rows": 512, "subsets_per_batch": 4},
+        "ray": {"num_workers": 2, "chunk_rows": 2048, "subsets_per_batch": 8},
     }
     for key, value in sections.items():
         config[key] = {**config[key], **value} if isinstance(value, dict) else value

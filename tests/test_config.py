@@ -34,7 +34,7 @@ def test_overrides_set_nested_fields_with_yaml_values():
     ({"affinity": {"l2": -1}}, "affinity.l2"),
     ({"affinity": {"typo": 1}}, "affinity.typo"),
     ({"model": {"hidden": "wide"}}, "model.hidden"),
-    ({"affinity": {"subset_size": 40}}, "affinity.subset_size"),
+    ({"affinity": {"subset_size": 24}}, "affinity.subset_size"),
     ({"clustering": {"num_groups": 99}}, "clustering.num_groups"),
     ({"taskset": {"num_families": 20}}, "num_families"),
     ({"taskset": {"splits": {"train": 0.6, "val": 0.5}}}, "taskset.splits"),

@@ -29,7 +29,7 @@ def finished(ray_session, tmp_path_factory):
 def test_pipeline_recovers_the_planted_families(finished):
     groups = json.loads(finished.file("groups.json").read_text())
     assert groups["ari_planted"] >= 0.8
-    assert sorted(t for group in groups["groups"] for t in group) == list(range(12))
+    assert sorted(t for group in groups["groups"] for t in group) == list(range(24))
 
 
 def test_run_directory_holds_every_artifact(finished):
@@ -51,7 +51,7 @@ def test_run_directory_holds_every_artifact(finished):
 
 
 def test_one_and_three_workers_give_identical_affinity(finished, tmp_path):
-    three = _run(tmp_path, "three", ray={"num_workers": 3})
+    three = _run(tmp_path, "three", ray={"num_workers": 3, "num_cpus_per_worker": 0.5})
     one = _run(tmp_path, "one", ray={"num_workers": 1})
     for run in (one, three):
         assert np.array_equal(run.load_array("gradients/features.npy"),

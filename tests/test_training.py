@@ -18,12 +18,7 @@ CPU = torch.device("cpu")
 
 
 def _planted():
-    """The quickstart's generator settings (6 families × 4 tasks, narrow trunk)."""
-    config = parse_config(small_sbm_config(
-        taskset={"num_blocks": 16, "block_size": 150, "p_in": 0.04, "p_out": 0.0015,
-                 "num_families": 6, "tasks_per_family": 4},
-        features={"dim": 64, "hops": 4, "sign_hops": 2}, model={"hidden": [4, 4]},
-        train={"max_epochs": 200, "patience": 20}, affinity={"subset_size": 10}))
+    config = parse_config(small_sbm_config())
     taskset = build_taskset(config)
     spec = ModelSpec(taskset.features.shape[1], tuple(config.model.hidden), taskset.num_tasks)
     return config, taskset, spec

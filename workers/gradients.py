@@ -17,18 +17,22 @@ from grouping.affinity.gradients import output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.config import RayConfig
 from grouping.models import ModelSpec, build_model
-from workers.runtime import worker_threads
+from workers.runtime import usable_workers, worker_threads
 
 
 class GradientWorker:
-    """Holds the base model, the node features and the projection; computes chunks of rows."""
+    """Holds the base model, the node features and the projection; computes chunks of rows.
 
-    def __init__(self, spec: ModelSpec, state: dict, features: np.ndarray, dim: int, seed: int,
-                 threads: int) -> None:
+    The shared inputs come as object references inside a list, fetched here, so that a
+    restarted actor fetches them again while the driver keeps them alive.
+    """
+
+    def __init__(self, shared: list[ray.ObjectRef], dim: int, seed: int, threads: int) -> None:
         torch.set_num_threads(threads)
+        spec, state, features = ray.get(shared)
         self.model = build_model(spec, seed)
         self.model.load_state_dict(state)
-        self.features = torch.from_numpy(np.asarray(features))
+        self.features = torch.tensor(features)
         shapes = {name: param.shape for name, param in self.model.named_parameters()}
         self.projection = dense_projection(shapes, dim, seed)
 
@@ -49,8 +53,8 @@ def compute_gradient_features(spec: ModelSpec, state: dict, features: np.ndarray
     state = {name: tensor.cpu() for name, tensor in state.items()}
     shared = [ray.put(value) for value in (spec, state, features)]
     bounds = list(range(0, len(examples), config.chunk_rows))
-    actors = [actor_class.remote(*shared, dim, seed, worker_threads(config.num_cpus_per_worker))
-              for _ in range(min(config.num_workers, len(bounds)))]
+    actors = [actor_class.remote(shared, dim, seed, worker_threads(config.num_cpus_per_worker))
+              for _ in range(min(usable_workers(config), len(bounds)))]
     pool = ActorPool(actors)
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])
               for start in bounds]

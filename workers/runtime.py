@@ -6,6 +6,8 @@ import os
 
 import ray
 
+from grouping.config import RayConfig
+
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS); otherwise start a fresh local one.
@@ -23,10 +25,19 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                  log_to_driver=True)
 
 
-def remote_options(config, num_cpus: float | None = None) -> dict:
-    """Ray resource and retry options from the config's ``ray`` section."""
-    return {"num_cpus": config.num_cpus_per_worker if num_cpus is None else num_cpus,
-            "num_gpus": config.num_gpus_per_worker}
+def usable_workers(config: RayConfig) -> int:
+    """``config.num_workers``, capped by how many workers of the declared CPU/GPU share the
+    cluster holds now, so that no job waits on a worker that can never be placed."""
+    resources = ray.cluster_resources()
+    fits = [config.num_workers]
+    for name, share in (("CPU", config.num_cpus_per_worker), ("GPU", config.num_gpus_per_worker)):
+        if share > 0:
+            fits.append(int(resources.get(name, 0) // share))
+    count = max(1, min(fits))
+    if count < config.num_workers:
+        print(f"ray.num_workers: the cluster holds {count} workers of this size, "
+              f"not {config.num_workers}; using {count}", flush=True)
+    return count
 
 
 def worker_threads(num_cpus: float) -> int:

@@ -11,7 +11,7 @@ from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import subset_losses
 from grouping.config import AffinityConfig, RayConfig
 from workers.progress import run_windowed
-from workers.runtime import worker_threads
+from workers.runtime import usable_workers, worker_threads
 
 
 def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: np.ndarray,
@@ -32,5 +32,5 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
     batches = [subsets[start:start + config.subsets_per_batch]
                for start in range(0, len(subsets), config.subsets_per_batch)]
     results = run_windowed(lambda batch: remote.remote(batch, *shared, options, threads),
-                           batches, config.num_workers, "surrogate fits")
+                           batches, usable_workers(config), "surrogate fits")
     return np.concatenate(results)

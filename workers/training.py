@@ -10,7 +10,7 @@ from grouping.group_models import train_group
 from grouping.tasksets import TaskSet
 from grouping.training import resolve_device
 from workers.progress import run_windowed
-from workers.runtime import worker_threads
+from workers.runtime import usable_workers, worker_threads
 
 
 def _train(taskset: TaskSet, tasks: list[int], config: RunConfig) -> dict:
@@ -27,4 +27,4 @@ def train_groups(taskset: TaskSet, groups: list[list[int]], config: RunConfig,
         max_retries=config.ray.max_retries)
     shared = ray.put(taskset)
     return run_windowed(lambda tasks: remote.remote(shared, tasks, config), groups,
-                        config.ray.num_workers, description)
+                        usable_workers(config.ray), description)

@@ -14,8 +14,8 @@ def _logit(model: nn.Module, params: dict[str, torch.Tensor], inputs: torch.Tens
     return functional_call(model, params, (inputs.unsqueeze(0),))[0] @ task_onehot
 
 
-def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor],
-                     inputs: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inputs: torch.Tensor,
+                     tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Base logits [B] and projected output gradients [B, d] for rows (inputs[b], tasks[b]).
 
     ``projection`` maps each trainable parameter name to its [numel, d] block; the gradient
