@@ -38,8 +38,8 @@ class GradientWorker:
 
     def compute(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f0, projected = output_gradients(self.model, self.projection,
-                                         self.features[torch.from_numpy(examples)],
-                                         torch.from_numpy(tasks))
+                                         self.features[torch.tensor(examples)],
+                                         torch.tensor(tasks))
         return f0.numpy(), projected.numpy()
 
 
