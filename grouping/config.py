@@ -122,6 +122,16 @@ class AffinityConfig(_Strict):
     tolerance: float = Field(1e-8, gt=0)
 
 
+class TrueAffinityConfig(_Strict):
+    """True fine-tuning of θ0 on a sample of the estimator's subsets, for the error report."""
+
+    enabled: bool = False
+    num_subsets: int = Field(30, ge=1)
+    epochs: int | None = Field(10, ge=1)
+    lr: float | None = Field(None, gt=0)
+    repeat: bool = True
+
+
 class ClusteringConfig(_Strict):
     """Clustering of the affinity matrix into groups."""
 
@@ -162,6 +172,7 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     affinity: AffinityConfig = AffinityConfig()
+    true_affinity: TrueAffinityConfig = TrueAffinityConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     groups: GroupsConfig = GroupsConfig()
     ray: RayConfig = RayConfig()

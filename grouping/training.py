@@ -50,11 +50,12 @@ def predict(model: nn.Module, features: torch.Tensor, batch_size: int = 8192) ->
 def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
                 config: TrainConfig, seed: int, device: torch.device,
                 active_heads: np.ndarray | None = None,
-                max_epochs: int | None = None) -> TrainResult:
+                max_epochs: int | None = None, keep_best: bool = True) -> TrainResult:
     """Train ``model`` whose head k predicts label column ``label_columns[k]``.
 
     Only ``active_heads`` (default: all) enter the loss. ``max_epochs`` overrides the
-    config's (a fixed schedule when ``config.patience`` is at least that large).
+    config's. ``keep_best=False`` runs a fixed schedule: no early stopping, and the model
+    keeps its final state (the result still reports the best epoch seen).
     """
     heads = np.arange(len(label_columns)) if active_heads is None else np.asarray(active_heads)
     columns = np.asarray(label_columns)[heads]
@@ -62,7 +63,7 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     targets = torch.from_numpy(taskset.labels[:, columns].astype(np.float32)).to(device)
     train_rows = torch.from_numpy(taskset.indices(TRAIN)).to(device)
     val_rows = torch.from_numpy(taskset.indices(VAL)).to(device)
-    head_index = torch.from_numpy(heads).to(device)
+    head_index = torch.tensor(heads, device=device)
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
@@ -90,7 +91,8 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
             best.best_epoch, best.best_val_loss, since_best = epoch, current, 0
         else:
             since_best += 1
-            if since_best >= config.patience:
+            if keep_best and since_best >= config.patience:
                 break
-    model.load_state_dict(best.state)
+    if keep_best:
+        model.load_state_dict(best.state)
     return best

@@ -35,5 +35,5 @@ def small_sbm_config(**sections) -> dict:
         "ray": {"num_workers": 2, "chunk_rows": 2048, "subsets_per_batch": 8},
     }
     for key, value in sections.items():
-        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config

@@ -4,6 +4,7 @@ number of workers, resume and the run directory's safety."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ def _run(tmp_path, name: str, resume: bool = False, **sections) -> RunDirectory:
 
 @pytest.fixture(scope="module")
 def finished(ray_session, tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("runs"), "main")
+    return _run(tmp_path_factory.mktemp("runs"), "main",
+                true_affinity={"enabled": True, "num_subsets": 12})
 
 
 def test_pipeline_recovers_the_planted_families(finished):
@@ -45,8 +47,8 @@ def test_run_directory_holds_every_artifact(finished):
                             "worst_test_f1", "mean_test_ap", "seconds"}
         assert 0 <= row["worst_test_f1"] <= row["mean_test_f1"] <= 1
     manifest = json.loads(finished.file("manifest.json").read_text())
-    assert set(manifest["stages"]) == {"base", "gradients", "surrogates", "affinity", "groups",
-                                       "comparison"}
+    assert set(manifest["stages"]) == {"base", "gradients", "surrogates", "affinity",
+                                       "true_affinity", "error_report", "groups", "comparison"}
     assert "| gradtag |" in finished.file("report.md").read_text()
 
 
@@ -74,6 +76,35 @@ def test_resume_reuses_current_stages_and_redoes_changed_ones(finished, tmp_path
     assert after["groups"]["finished_at"] >= before["groups"]["finished_at"]
     assert after["groups"]["digest"] != before["groups"]["digest"]
     assert json.loads((copy / "groups.json").read_text())["num_groups"] == 2
+
+
+def test_estimate_is_closer_to_true_fine_tuning_than_the_base_losses(finished):
+    report = finished.read_json("error_report.json")
+    assert report["num_pairs"] == 12 * 10
+    assert report["relative_distance"] < report["base_relative_distance"]
+    assert report["within_task_spearman"] > 0
+    assert set(report) >= {"relative_distance", "mean_relative_error", "median_relative_error",
+                           "spearman", "within_task_spearman", "true_noise_floor",
+                           "base_relative_distance", "mean_true_change", "num_pairs",
+                           "estimate_seconds", "true_seconds_extrapolated", "cost_ratio"}
+    assert "## Estimated vs true affinity" in finished.file("report.md").read_text()
+    assert finished.file("estimate_scatter.png").is_file()
+
+
+def test_report_script_rerenders_from_saved_files(finished, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished.path, copy)
+    (copy / "report.md").unlink()
+    (copy / "gradients" / "features.npy").unlink()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "report.py"
+    result = subprocess.run([sys.executable, str(script), str(copy)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (copy / "report.md").read_text() == finished.file("report.md").read_text()
 
 
 def test_an_earlier_run_is_never_overwritten(finished):

@@ -6,24 +6,29 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.rows import RowTable, build_rows
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
+from grouping.affinity.true_affinity import validation_losses
 from grouping.artifacts import RunDirectory
 from grouping.clustering import choose_num_groups, random_groups, sdp_groups, spectral_groups
 from grouping.config import RunConfig, dump_config
 from grouping.evaluation.comparison import comparison_row
+from grouping.evaluation.error_report import error_report
 from grouping.evaluation.report import write_report
-from grouping.models import ModelSpec
-from grouping.tasksets import TaskSet, build_taskset
+from grouping.models import ModelSpec, build_model
+from grouping.tasksets import VAL, TaskSet, build_taskset
 from workers.gradients import compute_gradient_features
 from workers.surrogates import compute_subset_losses
 from workers.training import train_groups
+from workers.true_affinity import fine_tune_subsets
 
 BASE_SECTIONS = ("seed", "taskset", "features", "model", "train")
 ESTIMATE_SECTIONS = (*BASE_SECTIONS, "affinity")
+TRUE_SECTIONS = (*ESTIMATE_SECTIONS, "true_affinity")
 GROUP_SECTIONS = (*ESTIMATE_SECTIONS, "clustering")
 COMPARE_SECTIONS = (*GROUP_SECTIONS, "groups")
 
@@ -60,6 +65,9 @@ class Pipeline:
         self._stage("surrogates", ESTIMATE_SECTIONS, ["subset_losses.npz", "subset_losses.csv"],
                     self._surrogates)
         self._stage("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity)
+        if self.config.true_affinity.enabled:
+            self._stage("true_affinity", TRUE_SECTIONS, ["true_losses.npz"], self._true_losses)
+            self._stage("error_report", TRUE_SECTIONS, ["error_report.json"], self._error_report)
         self._stage("groups", GROUP_SECTIONS, ["groups.json"], self._groups)
         self._stage("comparison", COMPARE_SECTIONS, ["comparison.json", "task_metrics.json"],
                     self._comparison)
@@ -110,6 +118,51 @@ class Pipeline:
         table = self.run.load_arrays("subset_losses.npz")
         self.run.save_array("affinity.npy", affinity_from_losses(
             table["subsets"], table["losses"], self.taskset.num_tasks))
+
+    def _true_losses(self) -> None:
+        options = self.config.true_affinity
+        table = self.run.load_arrays("subset_losses.npz")
+        rng = np.random.default_rng(self.config.seed + 7)
+        count = min(options.num_subsets, len(table["subsets"]))
+        chosen = np.sort(rng.choice(len(table["subsets"]), count, replace=False))
+        subsets = table["subsets"][chosen]
+        spec, state = self._load_base()
+        first = fine_tune_subsets(self.taskset, spec, state, subsets, self.config,
+                                  self.config.seed, "true fine-tuning")
+        arrays = {"subset_index": chosen, "subsets": subsets,
+                  "losses": np.stack([result["losses"] for result in first]),
+                  "seconds": np.array([result["seconds"] for result in first])}
+        if options.repeat:
+            second = fine_tune_subsets(self.taskset, spec, state, subsets, self.config,
+                                       self.config.seed + 1, "true fine-tuning, second seed")
+            arrays["losses_repeat"] = np.stack([result["losses"] for result in second])
+        model = build_model(spec, self.config.seed)
+        model.load_state_dict(state)
+        arrays["base_losses"] = validation_losses(model, self.taskset,
+                                                  np.arange(self.taskset.num_tasks),
+                                                  torch.device("cpu"))
+        self.run.save_arrays("true_losses.npz", **arrays)
+
+    def _error_report(self) -> None:
+        true = self.run.load_arrays("true_losses.npz")
+        estimated = self.run.load_arrays("subset_losses.npz")
+        tasks = true["subsets"].ravel()
+        has_positive = self.taskset.labels[self.taskset.indices(VAL)].sum(0) > 0
+        keep = has_positive[tasks]
+        estimate = estimated["losses"][true["subset_index"]].ravel()
+        repeat = true["losses_repeat"].ravel()[keep] if "losses_repeat" in true else None
+        report = error_report(estimate[keep], true["losses"].ravel()[keep],
+                              true["base_losses"][tasks][keep], tasks[keep], repeat)
+        seconds = self.run.stage_seconds()
+        report["estimate_seconds"] = seconds["gradients"] + seconds["surrogates"]
+        report["estimate_seconds_with_base"] = report["estimate_seconds"] + seconds["base"]
+        report["true_seconds_per_subset"] = float(np.median(true["seconds"]))
+        report["true_seconds_extrapolated"] = (report["true_seconds_per_subset"]
+                                               * len(estimated["subsets"]))
+        report["cost_ratio"] = report["estimate_seconds"] / report["true_seconds_extrapolated"]
+        report["tasks_without_validation_positive"] = np.flatnonzero(~has_positive).tolist()
+        report["fine_tuning"] = self.config.true_affinity.model_dump()
+        self.run.write_json("error_report.json", report)
 
     def _groups(self) -> None:
         affinity = self.run.load_array("affinity.npy")

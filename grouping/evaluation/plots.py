@@ -51,3 +51,17 @@ def comparison_bars(summary: list[dict]) -> bytes:
     axis.set_title("Groupings compared (error bars: std over seeds)")
     axis.legend()
     return _png(figure)
+
+
+def estimate_scatter(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray) -> bytes:
+    """f̂(S, i) and the base-loss predictor against true fine-tuning f(S, i)."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.scatter(truth, base, s=8, alpha=0.5, color="tab:gray", label="base loss (no fine-tuning)")
+    axis.scatter(truth, estimate, s=8, alpha=0.7, label="Grad-TAG estimate f̂")
+    low, high = float(min(truth.min(), estimate.min())), float(max(truth.max(), estimate.max()))
+    axis.plot([low, high], [low, high], color="black", linewidth=0.8)
+    axis.set_xlabel("true validation loss f(S, i)")
+    axis.set_ylabel("predicted validation loss")
+    axis.set_title("Estimated vs true subset losses")
+    axis.legend()
+    return _png(figure)

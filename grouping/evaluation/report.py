@@ -11,7 +11,7 @@ import yaml
 
 from grouping.artifacts import atomic_write_bytes
 from grouping.evaluation.comparison import summarize_rows
-from grouping.evaluation.plots import affinity_heatmap, comparison_bars
+from grouping.evaluation.plots import affinity_heatmap, comparison_bars, estimate_scatter
 
 
 def _fmt(value: float | None, std: float | None = None) -> str:
@@ -55,6 +55,52 @@ def _verdict(summary: list[dict]) -> list[str]:
     return lines
 
 
+def _error_section(run: Path, summary: dict) -> list[str]:
+    """The estimate-vs-truth section, with its scatter plot; fills summary["error_report"]."""
+    report = json.loads((run / "error_report.json").read_text())
+    summary["error_report"] = report
+    true = np.load(run / "true_losses.npz")
+    estimated = np.load(run / "subset_losses.npz")
+    tasks = true["subsets"].ravel()
+    atomic_write_bytes(run / "estimate_scatter.png", estimate_scatter(
+        estimated["losses"][true["subset_index"]].ravel(), true["losses"].ravel(),
+        true["base_losses"][tasks]))
+    atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    rows = [("relative distance ‖f̂ − f‖/‖f‖", "relative_distance"),
+            ("  base-loss predictor (no fine-tuning)", "base_relative_distance"),
+            ("  each task's mean true loss", "task_mean_relative_distance"),
+            ("mean / median relative error", None),
+            ("Spearman, all pairs", "spearman"),
+            ("Spearman within each task", "within_task_spearman"),
+            ("  noise floor (two fine-tuning seeds)", "true_noise_floor"),
+            ("mean of abs(f − f_base) / f_base", "mean_true_change")]
+    tuning = report["fine_tuning"]
+    schedule = (f"a fixed {tuning['epochs']} epochs" if tuning["epochs"]
+                else "early stopping on the subset's validation loss")
+    lines = ["## Estimated vs true affinity", "",
+             f"{report['num_pairs']} (subset, task) pairs: true fine-tuning of θ0 on "
+             f"{tuning['num_subsets']} of the estimator's subsets, {schedule}, learning rate "
+             f"{tuning['lr'] or 'as in train'}.", "", "| figure | value |", "|---|---|"]
+    for label, key in rows:
+        value = (f"{report['mean_relative_error']:.3f} / {report['median_relative_error']:.3f}"
+                 if key is None else _fmt(report[key]))
+        lines.append(f"| {label} | {value} |")
+    lines += [f"| estimate seconds (gradients + surrogates) | {report['estimate_seconds']:.1f} |",
+              f"| true fine-tuning, extrapolated to all subsets | "
+              f"{report['true_seconds_extrapolated']:.1f} |",
+              f"| cost ratio | {report['cost_ratio']:.3f} |", ""]
+    if report["relative_distance"] >= report["base_relative_distance"]:
+        lines.append("The estimate is no closer to the truth than the base-loss predictor: "
+                     "its distance figure proves nothing here.")
+    if report["mean_true_change"] < 0.2:
+        lines.append(f"Fine-tuning moves the losses by {report['mean_true_change']:.1%} on "
+                     "average (below 20%): small distances are easy in this setting.")
+    if report["tasks_without_validation_positive"]:
+        lines.append(f"Left out (no positive validation example): tasks "
+                     f"{report['tasks_without_validation_positive']}.")
+    return [*lines, "", "![scatter](estimate_scatter.png)", ""]
+
+
 def write_report(run_path: str | Path) -> dict:
     """Render report.md, summary.json and the PNG figures from ``run_path``; return summary."""
     run = Path(run_path)
@@ -96,5 +142,7 @@ def write_report(run_path: str | Path) -> dict:
               "the same loop, budget and early stopping; `all` is the base model.", ""]
     lines += _comparison_table(summary_rows)
     lines += ["", *_verdict(summary_rows), "", "![comparison](comparison.png)", ""]
+    if (run / "error_report.json").is_file():
+        lines += _error_section(run, summary)
     atomic_write_bytes(run / "report.md", "\n".join(lines).encode())
     return summary

@@ -1,0 +1,36 @@
+"""Re-render report.md, summary.json and the figures of a finished run from its saved files.
+
+    python scripts/report.py results/<run>
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from grouping.evaluation.report import write_report  # noqa: E402
+
+REQUIRED = ("config.yaml", "manifest.json", "groups.json", "comparison.json", "affinity.npy")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python scripts/report.py RUN_DIRECTORY", file=sys.stderr)
+        return 2
+    run = Path(argv[0])
+    missing = [name for name in REQUIRED if not (run / name).is_file()]
+    if missing:
+        print(f"error: {run}: not a finished run (missing {', '.join(missing)})",
+              file=sys.stderr)
+        return 2
+    write_report(run)
+    print(f"report: {run / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,38 @@
+"""True fine-tuning of sampled subsets as Ray tasks with declared resources and retries."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+
+from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.config import RunConfig
+from grouping.models import ModelSpec, build_model
+from grouping.tasksets import TaskSet
+from grouping.training import resolve_device
+from workers.progress import run_windowed
+from workers.runtime import usable_workers, worker_threads
+
+
+def _fine_tune(taskset: TaskSet, spec: ModelSpec, state: dict, subset: np.ndarray,
+               config: RunConfig, seed: int) -> dict:
+    torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
+    device = resolve_device(config.device)
+    base = build_model(spec, config.seed)
+    base.load_state_dict(state)
+    options = config.true_affinity
+    train = config.train.model_copy(update={"lr": options.lr or config.train.lr})
+    return fine_tune_subset(base.to(device), taskset, subset, train, options.epochs, seed,
+                            device)
+
+
+def fine_tune_subsets(taskset: TaskSet, spec: ModelSpec, state: dict, subsets: np.ndarray,
+                      config: RunConfig, seed: int, description: str) -> list[dict]:
+    """f(S, i) for every subset (one Ray task each), in subset order."""
+    remote = ray.remote(_fine_tune).options(
+        num_cpus=config.ray.num_cpus_per_worker, num_gpus=config.ray.num_gpus_per_worker,
+        max_retries=config.ray.max_retries)
+    shared = [ray.put(value) for value in (taskset, spec, state)]
+    return run_windowed(lambda subset: remote.remote(*shared, subset, config, seed), subsets,
+                        usable_workers(config.ray), description)
