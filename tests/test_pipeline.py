@@ -107,6 +107,32 @@ def test_report_script_rerenders_from_saved_files(finished, tmp_path):
     assert (copy / "report.md").read_text() == finished.file("report.md").read_text()
 
 
+def test_interrupted_true_fine_tuning_resumes_without_redoing_finished_trials(finished,
+                                                                               tmp_path):
+    import shutil
+
+    copy = tmp_path / "killed"
+    shutil.copytree(finished.path, copy)
+    (copy / "true_losses.npz").unlink()
+    trials = sorted((copy / "true_trials").glob("*/*.json"))
+    assert len(trials) == 2 * 12
+    lost, kept = trials[::2], trials[1::2]
+    for path in lost:
+        path.unlink()
+    for path in kept:
+        path.write_text(path.read_text())  # a marker: rewritten trials would lose it
+        with path.open("a") as handle:
+            handle.write(" ")
+    config = parse_config(small_sbm_config(true_affinity={"enabled": True, "num_subsets": 12}))
+    Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute()
+    assert all(path.read_text().endswith(" ") for path in kept)
+    assert all(path.is_file() for path in lost)
+    resumed = RunDirectory(copy, resume=True).load_arrays("true_losses.npz")
+    original = finished.load_arrays("true_losses.npz")
+    for key in ("subsets", "losses", "losses_repeat", "base_losses"):
+        assert np.array_equal(resumed[key], original[key]), key
+
+
 def test_an_earlier_run_is_never_overwritten(finished):
     with pytest.raises(ConfigError, match="--resume"):
         RunDirectory(finished.path, resume=False)

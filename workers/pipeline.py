@@ -127,14 +127,16 @@ class Pipeline:
         chosen = np.sort(rng.choice(len(table["subsets"]), count, replace=False))
         subsets = table["subsets"][chosen]
         spec, state = self._load_base()
+        trials = self.run.file(f"true_trials/{self.config.digest(*TRUE_SECTIONS)}")
         first = fine_tune_subsets(self.taskset, spec, state, subsets, self.config,
-                                  self.config.seed, "true fine-tuning")
+                                  self.config.seed, "true fine-tuning", trials)
         arrays = {"subset_index": chosen, "subsets": subsets,
                   "losses": np.stack([result["losses"] for result in first]),
                   "seconds": np.array([result["seconds"] for result in first])}
         if options.repeat:
             second = fine_tune_subsets(self.taskset, spec, state, subsets, self.config,
-                                       self.config.seed + 1, "true fine-tuning, second seed")
+                                       self.config.seed + 1, "true fine-tuning, second seed",
+                                       trials)
             arrays["losses_repeat"] = np.stack([result["losses"] for result in second])
         model = build_model(spec, self.config.seed)
         model.load_state_dict(state)

@@ -10,19 +10,31 @@ from tqdm import tqdm
 
 
 def run_windowed(submit: Callable[[Any], ray.ObjectRef], items: Sequence[Any], window: int,
-                 description: str) -> list[Any]:
+                 description: str, finished: dict[int, Any] | None = None,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Submit ``submit(item)`` for every item, keeping at most ``window`` in flight (the
-    config's number of workers); return the results in the order of ``items``."""
+    config's number of workers); return the results in the order of ``items``.
+
+    ``finished`` maps item positions to results kept from an earlier, interrupted attempt:
+    those items are not submitted again. ``on_result(position, result)`` is called as each
+    job finishes, so that callers can persist results one at a time.
+    """
     results: list[Any] = [None] * len(items)
+    for position, result in (finished or {}).items():
+        results[position] = result
+    todo = [position for position in range(len(items)) if position not in (finished or {})]
     in_flight: dict[ray.ObjectRef, int] = {}
-    position = 0
-    with tqdm(total=len(items), desc=description, unit="job") as bar:
-        while position < len(items) or in_flight:
-            while position < len(items) and len(in_flight) < window:
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=description,
+              unit="job") as bar:
+        while todo or in_flight:
+            while todo and len(in_flight) < window:
+                position = todo.pop(0)
                 in_flight[submit(items[position])] = position
-                position += 1
             done, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in done:
-                results[in_flight.pop(ref)] = ray.get(ref)
+                position = in_flight.pop(ref)
+                results[position] = ray.get(ref)
+                if on_result is not None:
+                    on_result(position, results[position])
             bar.update(len(done))
     return results

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import ray
 import torch
 
 from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.artifacts import atomic_write_bytes
 from grouping.config import RunConfig
 from grouping.models import ModelSpec, build_model
 from grouping.tasksets import TaskSet
@@ -28,11 +32,34 @@ def _fine_tune(taskset: TaskSet, spec: ModelSpec, state: dict, subset: np.ndarra
 
 
 def fine_tune_subsets(taskset: TaskSet, spec: ModelSpec, state: dict, subsets: np.ndarray,
-                      config: RunConfig, seed: int, description: str) -> list[dict]:
-    """f(S, i) for every subset (one Ray task each), in subset order."""
+                      config: RunConfig, seed: int, description: str,
+                      trials: Path | None = None) -> list[dict]:
+    """f(S, i) for every subset (one Ray task each), in subset order.
+
+    With ``trials`` (a directory), each finished trial is written there at once, and trials
+    already there from an interrupted attempt are read back instead of being run again.
+    """
     remote = ray.remote(_fine_tune).options(
         num_cpus=config.ray.num_cpus_per_worker, num_gpus=config.ray.num_gpus_per_worker,
         max_retries=config.ray.max_retries)
     shared = [ray.put(value) for value in (taskset, spec, state)]
+
+    def trial_file(position: int) -> Path:
+        subset = "-".join(str(task) for task in subsets[position])
+        return trials / f"seed{seed}-{subset}.json"
+
+    finished, on_result = {}, None
+    if trials is not None:
+        for position in range(len(subsets)):
+            if trial_file(position).is_file():
+                saved = json.loads(trial_file(position).read_text())
+                finished[position] = {"losses": np.array(saved["losses"]),
+                                      "seconds": saved["seconds"]}
+
+        def on_result(position: int, result: dict) -> None:
+            text = json.dumps({"losses": result["losses"].tolist(),
+                               "seconds": result["seconds"]})
+            atomic_write_bytes(trial_file(position), text.encode())
+
     return run_windowed(lambda subset: remote.remote(*shared, subset, config, seed), subsets,
-                        usable_workers(config.ray), description)
+                        usable_workers(config.ray), description, finished, on_result)
