@@ -87,6 +87,8 @@ def test_estimate_is_closer_to_true_fine_tuning_than_the_base_losses(finished):
                            "spearman", "within_task_spearman", "true_noise_floor",
                            "base_relative_distance", "mean_true_change", "num_pairs",
                            "estimate_seconds", "true_seconds_extrapolated", "cost_ratio"}
+    assert len(report["linearization_error"]) == 3
+    assert all(np.isfinite(report["linearization_error"]))
     assert "## Estimated vs true affinity" in finished.file("report.md").read_text()
     assert finished.file("estimate_scatter.png").is_file()
 

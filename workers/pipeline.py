@@ -10,9 +10,10 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from grouping.affinity.aggregate import affinity_from_losses
+from grouping.affinity.projection import dense_projection
 from grouping.affinity.rows import RowTable, build_rows
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
-from grouping.affinity.true_affinity import validation_losses
+from grouping.affinity.true_affinity import fine_tune, linearization_error, validation_losses
 from grouping.artifacts import RunDirectory
 from grouping.clustering import choose_num_groups, random_groups, sdp_groups, spectral_groups
 from grouping.config import RunConfig, dump_config
@@ -162,9 +163,34 @@ class Pipeline:
         report["true_seconds_extrapolated"] = (report["true_seconds_per_subset"]
                                                * len(estimated["subsets"]))
         report["cost_ratio"] = report["estimate_seconds"] / report["true_seconds_extrapolated"]
+        report["linearization_error"] = self._linearization(true["subsets"][:3])
         report["tasks_without_validation_positive"] = np.flatnonzero(~has_positive).tolist()
         report["fine_tuning"] = self.config.true_affinity.model_dump()
         self.run.write_json("error_report.json", report)
+
+    def _linearization(self, subsets: np.ndarray) -> list[float]:
+        """Linearised vs really fine-tuned logits on the validation rows of a few subsets."""
+        spec, state = self._load_base()
+        base = build_model(spec, self.config.seed)
+        base.load_state_dict(state)
+        rows = RowTable(**self.run.load_arrays("gradients/rows.npz"))
+        f0 = self.run.load_array("gradients/f0.npy")
+        gradients = self.run.load_array("gradients/features.npy", mmap=True)
+        shapes = {name: param.shape for name, param in base.named_parameters()}
+        projection = dense_projection(shapes, self.config.affinity.projection_dim,
+                                      self.config.seed)
+        options = self.config.true_affinity
+        train = self.config.train.model_copy(update={"lr": options.lr or self.config.train.lr})
+        errors = []
+        for subset in subsets:
+            tuned = fine_tune(base, self.taskset, subset, train, options.epochs,
+                              self.config.seed, torch.device("cpu"))
+            index = rows.rows_of(subset, 1)
+            inputs = torch.tensor(self.taskset.features[rows.example[index]])
+            errors.append(linearization_error(base, tuned, projection, inputs,
+                                              torch.tensor(rows.task[index]),
+                                              f0[index].astype(np.float64), gradients[index]))
+        return errors
 
     def _groups(self) -> None:
         affinity = self.run.load_array("affinity.npy")

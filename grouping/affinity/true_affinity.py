@@ -20,26 +20,47 @@ def validation_losses(model: nn.Module, taskset: TaskSet, tasks: np.ndarray,
     """Mean validation cross-entropy of each task (head = label column) under ``model``."""
     val = taskset.indices(VAL)
     logits = predict(model, torch.tensor(taskset.features[val], device=device))
-    logits = logits[:, torch.as_tensor(tasks, device=device)].double()
+    logits = logits[:, torch.tensor(tasks, device=device)].double()
     labels = torch.tensor(taskset.labels[np.ix_(val, tasks)], dtype=torch.float64, device=device)
     losses = torch.nn.functional.softplus(logits) - labels * logits
     return losses.mean(0).cpu().numpy()
 
 
-def fine_tune_subset(base: nn.Module, taskset: TaskSet, subset: np.ndarray,
-                     config: TrainConfig, epochs: int | None, seed: int,
-                     device: torch.device) -> dict:
-    """Fine-tune a copy of the all-task model θ0 on ``subset``'s tasks.
+def fine_tune(base: nn.Module, taskset: TaskSet, subset: np.ndarray, config: TrainConfig,
+              epochs: int | None, seed: int, device: torch.device) -> nn.Module:
+    """A copy of the all-task model θ0 fine-tuned on ``subset``'s tasks.
 
     ``epochs`` set: a fixed schedule of that many epochs (the last state is kept); None:
-    early stopping on the subset's validation loss as the config says. Returns f(S, i) for
-    each task of the subset, in subset order, and the wall time.
+    early stopping on the subset's validation loss as the config says.
     """
-    start = time.perf_counter()
     model = copy.deepcopy(base)
     schedule = config if epochs is None else config.model_copy(update={"max_epochs": epochs})
     train_model(model, taskset, np.arange(taskset.num_tasks), schedule, seed, device,
                 active_heads=subset, keep_best=epochs is None)
+    return model
+
+
+def fine_tune_subset(base: nn.Module, taskset: TaskSet, subset: np.ndarray,
+                     config: TrainConfig, epochs: int | None, seed: int,
+                     device: torch.device) -> dict:
+    """f(S, i) for each task of the subset after :func:`fine_tune`, and the wall time."""
+    start = time.perf_counter()
+    model = fine_tune(base, taskset, subset, config, epochs, seed, device)
     return {"losses": validation_losses(model, taskset, subset, device),
             "seconds": time.perf_counter() - start}
 
+
+def linearization_error(base: nn.Module, tuned: nn.Module, projection: dict[str, torch.Tensor],
+                        inputs: torch.Tensor, tasks: torch.Tensor, f0: np.ndarray,
+                        gradients: np.ndarray) -> float:
+    """‖f0 + gᵀw − f(θ1)‖ / ‖f(θ1) − f0‖ with w = Pᵀ(θ1 − θ0): how well the first-order
+    expansion behind the surrogate (Grad-TAG, eq. 2) predicts a really fine-tuned model's
+    logits on the given (example, task) rows."""
+    tuned_params = dict(tuned.named_parameters())
+    step = sum((tuned_params[name].detach() - param.detach()).flatten().double()
+               @ projection[name].double() for name, param in base.named_parameters())
+    linear = f0 + gradients.astype(np.float64) @ step.numpy()
+    tuned.eval()
+    with torch.no_grad():
+        actual = tuned(inputs).gather(1, tasks[:, None])[:, 0].double().numpy()
+    return float(np.linalg.norm(linear - actual) / np.linalg.norm(actual - f0))
