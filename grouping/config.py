@@ -191,6 +191,10 @@ class RunConfig(_Strict):
                              f"of tasks ({num_tasks})")
         return self
 
+    def fine_tuning(self) -> TrainConfig:
+        """The training settings of true fine-tuning: ``train`` with true_affinity's lr."""
+        return self.train.model_copy(update={"lr": self.true_affinity.lr or self.train.lr})
+
     def digest(self, *sections: str) -> str:
         """Hash of the named top-level sections (all when none), for the stage cache."""
         data = self.model_dump(mode="json")

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
+from torch import nn
 
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.projection import dense_projection
@@ -82,6 +83,12 @@ class Pipeline:
         self.run.write_json("base_metrics.json", {key: result[key] for key in (
             "tasks", "best_epoch", "best_val_loss", "seconds")})
 
+    def _base_model(self) -> nn.Module:
+        spec, state = self._load_base()
+        model = build_model(spec, self.config.seed)
+        model.load_state_dict(state)
+        return model
+
     def _load_base(self) -> tuple[ModelSpec, dict]:
         saved = self.run.load_torch("base_model.pt")
         spec = saved["spec"]
@@ -139,9 +146,7 @@ class Pipeline:
                                        self.config.seed + 1, "true fine-tuning, second seed",
                                        trials)
             arrays["losses_repeat"] = np.stack([result["losses"] for result in second])
-        model = build_model(spec, self.config.seed)
-        model.load_state_dict(state)
-        arrays["base_losses"] = validation_losses(model, self.taskset,
+        arrays["base_losses"] = validation_losses(self._base_model(), self.taskset,
                                                   np.arange(self.taskset.num_tasks),
                                                   torch.device("cpu"))
         self.run.save_arrays("true_losses.npz", **arrays)
@@ -170,21 +175,18 @@ class Pipeline:
 
     def _linearization(self, subsets: np.ndarray) -> list[float]:
         """Linearised vs really fine-tuned logits on the validation rows of a few subsets."""
-        spec, state = self._load_base()
-        base = build_model(spec, self.config.seed)
-        base.load_state_dict(state)
+        base = self._base_model()
         rows = RowTable(**self.run.load_arrays("gradients/rows.npz"))
         f0 = self.run.load_array("gradients/f0.npy")
         gradients = self.run.load_array("gradients/features.npy", mmap=True)
         shapes = {name: param.shape for name, param in base.named_parameters()}
         projection = dense_projection(shapes, self.config.affinity.projection_dim,
                                       self.config.seed)
-        options = self.config.true_affinity
-        train = self.config.train.model_copy(update={"lr": options.lr or self.config.train.lr})
         errors = []
         for subset in subsets:
-            tuned = fine_tune(base, self.taskset, subset, train, options.epochs,
-                              self.config.seed, torch.device("cpu"))
+            tuned = fine_tune(base, self.taskset, subset, self.config.fine_tuning(),
+                              self.config.true_affinity.epochs, self.config.seed,
+                              torch.device("cpu"))
             index = rows.rows_of(subset, 1)
             inputs = torch.tensor(self.taskset.features[rows.example[index]])
             errors.append(linearization_error(base, tuned, projection, inputs,

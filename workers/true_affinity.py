@@ -25,10 +25,8 @@ def _fine_tune(taskset: TaskSet, spec: ModelSpec, state: dict, subset: np.ndarra
     device = resolve_device(config.device)
     base = build_model(spec, config.seed)
     base.load_state_dict(state)
-    options = config.true_affinity
-    train = config.train.model_copy(update={"lr": options.lr or config.train.lr})
-    return fine_tune_subset(base.to(device), taskset, subset, train, options.epochs, seed,
-                            device)
+    return fine_tune_subset(base.to(device), taskset, subset, config.fine_tuning(),
+                            config.true_affinity.epochs, seed, device)
 
 
 def fine_tune_subsets(taskset: TaskSet, spec: ModelSpec, state: dict, subsets: np.ndarray,

@@ -55,17 +55,14 @@ def _verdict(summary: list[dict]) -> list[str]:
     return lines
 
 
-def _error_section(run: Path, summary: dict) -> list[str]:
-    """The estimate-vs-truth section, with its scatter plot; fills summary["error_report"]."""
-    report = json.loads((run / "error_report.json").read_text())
-    summary["error_report"] = report
+def _error_section(run: Path, report: dict) -> list[str]:
+    """The estimate-vs-truth section of report.md; writes its scatter plot."""
     true = np.load(run / "true_losses.npz")
     estimated = np.load(run / "subset_losses.npz")
     tasks = true["subsets"].ravel()
     atomic_write_bytes(run / "estimate_scatter.png", estimate_scatter(
         estimated["losses"][true["subset_index"]].ravel(), true["losses"].ravel(),
         true["base_losses"][tasks]))
-    atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     rows = [("relative distance ‖f̂ − f‖/‖f‖", "relative_distance"),
             ("  base-loss predictor (no fine-tuning)", "base_relative_distance"),
             ("  each task's mean true loss", "task_mean_relative_distance"),
@@ -121,6 +118,9 @@ def write_report(run_path: str | Path) -> dict:
                "ari_planted": groups.get("ari_planted"),
                "ari_planted_spectral": groups.get("ari_planted_spectral"),
                "stage_seconds": seconds, "comparison": summary_rows}
+    error_path = run / "error_report.json"
+    if error_path.is_file():
+        summary["error_report"] = json.loads(error_path.read_text())
     atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
     lines = [f"# Task grouping report: {config['name']}", "",
@@ -145,7 +145,7 @@ def write_report(run_path: str | Path) -> dict:
               "the same loop, budget and early stopping; `all` is the base model.", ""]
     lines += _comparison_table(summary_rows)
     lines += ["", *_verdict(summary_rows), "", "![comparison](comparison.png)", ""]
-    if (run / "error_report.json").is_file():
-        lines += _error_section(run, summary)
+    if "error_report" in summary:
+        lines += _error_section(run, summary["error_report"])
     atomic_write_bytes(run / "report.md", "\n".join(lines).encode())
     return summary
