@@ -16,7 +16,7 @@ from tqdm import tqdm
 from grouping.affinity.gradients import output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.config import RayConfig
-from grouping.models import ModelSpec, build_model
+from grouping.models import ModelSpec, restore_model
 from workers.runtime import usable_workers, worker_threads
 
 
@@ -30,8 +30,7 @@ class GradientWorker:
     def __init__(self, shared: list[ray.ObjectRef], dim: int, seed: int, threads: int) -> None:
         torch.set_num_threads(threads)
         spec, state, features = ray.get(shared)
-        self.model = build_model(spec, seed)
-        self.model.load_state_dict(state)
+        self.model = restore_model(spec, state)
         self.features = torch.tensor(features)
         shapes = {name: param.shape for name, param in self.model.named_parameters()}
         self.projection = dense_projection(shapes, dim, seed)

@@ -21,7 +21,7 @@ from grouping.config import RunConfig, dump_config
 from grouping.evaluation.comparison import comparison_row
 from grouping.evaluation.error_report import error_report
 from grouping.evaluation.report import write_report
-from grouping.models import ModelSpec, build_model
+from grouping.models import ModelSpec, restore_model
 from grouping.tasksets import VAL, TaskSet, build_taskset
 from workers.gradients import compute_gradient_features
 from workers.surrogates import compute_subset_losses
@@ -84,10 +84,7 @@ class Pipeline:
             "tasks", "best_epoch", "best_val_loss", "seconds")})
 
     def _base_model(self) -> nn.Module:
-        spec, state = self._load_base()
-        model = build_model(spec, self.config.seed)
-        model.load_state_dict(state)
-        return model
+        return restore_model(*self._load_base())
 
     def _load_base(self) -> tuple[ModelSpec, dict]:
         saved = self.run.load_torch("base_model.pt")

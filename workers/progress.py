@@ -19,10 +19,9 @@ def run_windowed(submit: Callable[[Any], ray.ObjectRef], items: Sequence[Any], w
     those items are not submitted again. ``on_result(position, result)`` is called as each
     job finishes, so that callers can persist results one at a time.
     """
-    results: list[Any] = [None] * len(items)
-    for position, result in (finished or {}).items():
-        results[position] = result
-    todo = [position for position in range(len(items)) if position not in (finished or {})]
+    finished = finished or {}
+    results: list[Any] = [finished.get(position) for position in range(len(items))]
+    todo = [position for position in range(len(items)) if position not in finished]
     in_flight: dict[ray.ObjectRef, int] = {}
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=description,
               unit="job") as bar:

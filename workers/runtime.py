@@ -9,7 +9,7 @@ import ray
 from grouping.config import RayConfig
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS); otherwise start a fresh local one.
 
     A bare ``ray.init()`` would join whatever cluster the last ``ray start`` on this machine
@@ -21,8 +21,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
 def usable_workers(config: RayConfig) -> int:

@@ -12,7 +12,7 @@ import torch
 from grouping.affinity.true_affinity import fine_tune_subset
 from grouping.artifacts import atomic_write_bytes
 from grouping.config import RunConfig
-from grouping.models import ModelSpec, build_model
+from grouping.models import ModelSpec, restore_model
 from grouping.tasksets import TaskSet
 from grouping.training import resolve_device
 from workers.progress import run_windowed
@@ -23,8 +23,7 @@ def _fine_tune(taskset: TaskSet, spec: ModelSpec, state: dict, subset: np.ndarra
                config: RunConfig, seed: int) -> dict:
     torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
     device = resolve_device(config.device)
-    base = build_model(spec, config.seed)
-    base.load_state_dict(state)
+    base = restore_model(spec, state)
     return fine_tune_subset(base.to(device), taskset, subset, config.fine_tuning(),
                             config.true_affinity.epochs, seed, device)
 

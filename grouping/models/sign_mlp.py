@@ -42,6 +42,13 @@ class SignMLP(nn.Module):
         return self.heads(self.trunk(inputs))
 
 
+def restore_model(spec: ModelSpec, state: dict[str, torch.Tensor]) -> SignMLP:
+    """A model rebuilt from its spec and a saved state (the initialisation is overwritten)."""
+    model = SignMLP(spec)
+    model.load_state_dict(state)
+    return model
+
+
 def build_model(spec: ModelSpec, seed: int) -> SignMLP:
     """A freshly initialised model, seeded."""
     generator_state = torch.random.get_rng_state()
