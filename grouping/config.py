@@ -109,9 +109,14 @@ class TrainConfig(_Strict):
 
 
 class AffinityConfig(_Strict):
-    """Grad-TAG estimation: projected output gradients, subset surrogates, aggregation."""
+    """How f(S, i) is obtained on the sampled subsets before aggregation into T.
 
-    method: Literal["gradtag"] = "gradtag"
+    ``gradtag``: Grad-TAG's estimate (projected output gradients and subset surrogates);
+    ``true``: really fine-tuning θ0 on every subset, the expensive method Grad-TAG
+    approximates (for small task sets).
+    """
+
+    method: Literal["gradtag", "true"] = "gradtag"
     projection_dim: int = Field(200, ge=1)
     subset_size: int = Field(10, ge=2)
     coverage: float = Field(10.0, gt=0)
@@ -123,10 +128,17 @@ class AffinityConfig(_Strict):
 
 
 class TrueAffinityConfig(_Strict):
-    """True fine-tuning of θ0 on a sample of the estimator's subsets, for the error report."""
+    """True fine-tuning of θ0 on a sample of the estimator's subsets, for the error report.
+
+    ``all_subsets`` fine-tunes every subset instead of a sample: the true affinity matrix,
+    its groups (a "true" comparison row) and the adjusted Rand index between the groups of
+    the estimated and of the true matrix. ``repeat`` fine-tunes the sample a second time with
+    another seed (the noise floor).
+    """
 
     enabled: bool = False
     num_subsets: int = Field(30, ge=1)
+    all_subsets: bool = False
     epochs: int | None = Field(10, ge=1)
     lr: float | None = Field(None, gt=0)
     repeat: bool = True
@@ -147,6 +159,39 @@ class GroupsConfig(_Strict):
     single_task: bool = True
     random_seeds: int = Field(3, ge=0)
     spectral: bool = True
+
+
+OptimizerName = Literal["adam", "adatask_adam", "adatask_rmsprop", "adatask_adagrad"]
+
+
+class GroupTrainingConfig(_Strict):
+    """Per-group training as Ray Tune trials (one trial per group, optimizer and lr).
+
+    ``optimizers[0]`` trains the groups whose rows lead the comparison; the others are
+    trained beside it on the same groups for the Adam-vs-AdaTask comparison.
+    """
+
+    optimizers: list[OptimizerName] = Field(["adatask_adam", "adam"], min_length=1)
+    lrs: list[Annotated[float, Field(gt=0)]] = Field([1e-3], min_length=1)
+    asha: bool = False
+    dominance_decay: float = Field(0.9, gt=0, lt=1)
+    num_cpus_per_trial: float = Field(1.0, gt=0)
+    num_gpus_per_trial: float = Field(0.0, ge=0)
+
+
+class DMTGConfig(_Strict):
+    """DMTG one-shot grouping (Gao et al., ICML 2024): K trunks, K·N heads, Gumbel-softmax
+    task-to-branch logits trained jointly with the model."""
+
+    enabled: bool = True
+    num_groups: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    final_temperature: float | None = Field(None, gt=0)
+    logits_lr: float = Field(0.01, gt=0)
+    max_epochs: int | None = Field(None, ge=1)
+    max_memory_gib: float = Field(8.0, gt=0)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
 
 
 class RayConfig(_Strict):
@@ -175,6 +220,8 @@ class RunConfig(_Strict):
     true_affinity: TrueAffinityConfig = TrueAffinityConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     groups: GroupsConfig = GroupsConfig()
+    group_training: GroupTrainingConfig = GroupTrainingConfig()
+    dmtg: DMTGConfig = DMTGConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
@@ -185,6 +232,10 @@ class RunConfig(_Strict):
                 f"affinity.subset_size ({self.affinity.subset_size}) must be below the number "
                 f"of tasks ({num_tasks})"
             )
+        if self.affinity.method == "true" and self.true_affinity.enabled:
+            raise ValueError("true_affinity.enabled: the error report compares Grad-TAG's "
+                             "estimate with true fine-tuning; affinity.method 'true' has no "
+                             "estimate to compare")
         k = self.clustering.num_groups
         if k != "auto" and not 1 <= k <= num_tasks:
             raise ValueError(f"clustering.num_groups ({k}) must be between 1 and the number "

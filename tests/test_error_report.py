@@ -29,3 +29,24 @@ def test_report_figures_on_known_arrays():
     expected = np.linalg.norm(base - truth) / np.linalg.norm(truth)
     assert report["base_relative_distance"] == pytest.approx(expected)
     assert report["mean_true_change"] == pytest.approx(np.mean(np.abs(truth - base) / base))
+
+
+def test_noise_floor_uses_only_the_repeated_pairs():
+    tasks = np.repeat(np.arange(2), 6)
+    truth = np.tile(np.linspace(1.0, 1.5, 6), 2)
+    repeat = truth.copy()
+    repeat[::2] = np.nan
+    report = error_report(truth, truth, truth + 1, tasks, truth_repeat=repeat)
+    assert report["true_noise_floor"] == pytest.approx(1.0)
+
+
+def test_flop_counter_counts_a_matrix_product_and_the_comparison_scales_it():
+    import torch
+
+    from grouping.evaluation.flops import count_flops, flop_comparison
+
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    flops = flop_comparison(10.0, 100, 50.0, 1000.0, 20)
+    assert flops["estimate"] == 10 * 100 + 50 * 20
+    assert flops["ratio"] == pytest.approx(2000 / 20000)

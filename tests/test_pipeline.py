@@ -14,6 +14,9 @@ from grouping.artifacts import RunDirectory
 from grouping.config import ConfigError, parse_config
 from workers.pipeline import Pipeline
 
+TRUE_AFFINITY = {"enabled": True, "num_subsets": 12, "all_subsets": True}
+NUM_SUBSETS = 184  # coverage 30 × 24·23 task pairs / (10·9) pairs per subset
+
 
 def _run(tmp_path, name: str, resume: bool = False, **sections) -> RunDirectory:
     config = parse_config(small_sbm_config(**sections))
@@ -24,8 +27,7 @@ def _run(tmp_path, name: str, resume: bool = False, **sections) -> RunDirectory:
 
 @pytest.fixture(scope="module")
 def finished(ray_session, tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("runs"), "main",
-                true_affinity={"enabled": True, "num_subsets": 12})
+    return _run(tmp_path_factory.mktemp("runs"), "main", true_affinity=TRUE_AFFINITY)
 
 
 def test_pipeline_recovers_the_planted_families(finished):
@@ -41,7 +43,7 @@ def test_run_directory_holds_every_artifact(finished):
                  "base_model.pt", "group_models/group0.pt"):
         assert finished.file(name).is_file(), name
     rows = json.loads(finished.file("comparison.json").read_text())
-    assert {row["grouping"] for row in rows} == {"all", "gradtag", "random"}
+    assert {row["grouping"] for row in rows} == {"all", "gradtag", "random", "true"}
     for row in rows:
         assert set(row) >= {"grouping", "optimizer", "num_groups", "mean_test_f1",
                             "worst_test_f1", "mean_test_ap", "seconds"}
@@ -80,8 +82,11 @@ def test_resume_reuses_current_stages_and_redoes_changed_ones(finished, tmp_path
 
 def test_estimate_is_closer_to_true_fine_tuning_than_the_base_losses(finished):
     report = finished.read_json("error_report.json")
-    assert report["num_pairs"] == 12 * 10
+    assert report["num_pairs"] == NUM_SUBSETS * 10
     assert report["relative_distance"] < report["base_relative_distance"]
+    assert np.isfinite(report["true_noise_floor"])
+    assert report["flops"]["estimate"] > 0 and report["flops"]["true_extrapolated"] > 0
+    assert report["groups_ari"] == finished.read_json("groups.json")["ari_estimated_vs_true"]
     assert report["within_task_spearman"] > 0
     assert set(report) >= {"relative_distance", "mean_relative_error", "median_relative_error",
                            "spearman", "within_task_spearman", "true_noise_floor",
@@ -117,7 +122,7 @@ def test_interrupted_true_fine_tuning_resumes_without_redoing_finished_trials(fi
     shutil.copytree(finished.path, copy)
     (copy / "true_losses.npz").unlink()
     trials = sorted((copy / "true_trials").glob("*/*.json"))
-    assert len(trials) == 2 * 12
+    assert len(trials) == NUM_SUBSETS + 12
     lost, kept = trials[::2], trials[1::2]
     for path in lost:
         path.unlink()
@@ -125,14 +130,25 @@ def test_interrupted_true_fine_tuning_resumes_without_redoing_finished_trials(fi
         path.write_text(path.read_text())  # a marker: rewritten trials would lose it
         with path.open("a") as handle:
             handle.write(" ")
-    config = parse_config(small_sbm_config(true_affinity={"enabled": True, "num_subsets": 12}))
+    config = parse_config(small_sbm_config(true_affinity=TRUE_AFFINITY))
     Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute()
     assert all(path.read_text().endswith(" ") for path in kept)
     assert all(path.is_file() for path in lost)
     resumed = RunDirectory(copy, resume=True).load_arrays("true_losses.npz")
     original = finished.load_arrays("true_losses.npz")
     for key in ("subsets", "losses", "losses_repeat", "base_losses"):
-        assert np.array_equal(resumed[key], original[key]), key
+        assert np.array_equal(resumed[key], original[key], equal_nan=True), key
+
+
+def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finished, tmp_path):
+    run = _run(tmp_path, "true-method", affinity={"method": "true"})
+    assert "gradients" not in run.read_json("manifest.json")["stages"]
+    assert np.array_equal(run.load_array("affinity.npy"),
+                          finished.load_array("true_affinity.npy"))
+    rows = run.read_json("comparison.json")
+    assert {row["grouping"] for row in rows} == {"all", "true", "random"}
+    assert run.read_json("groups.json")["groups"] == finished.read_json("groups.json")[
+        "true_groups"]
 
 
 def test_an_earlier_run_is_never_overwritten(finished):

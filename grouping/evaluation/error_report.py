@@ -29,7 +29,8 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
     """Figures over shared (S, i) pairs, given as flat arrays of equal length.
 
     ``base`` is the base model's own validation loss of each pair's task (the no-fine-tuning
-    predictor); ``truth_repeat`` a second true fine-tuning with another seed (noise floor).
+    predictor); ``truth_repeat`` a second true fine-tuning with another seed (noise floor),
+    NaN on pairs that were fine-tuned once only.
     """
     task_mean = np.array([truth[tasks == task].mean() for task in tasks])
     relative = np.abs(estimate - truth) / np.abs(truth)
@@ -44,6 +45,9 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "task_mean_relative_distance": relative_distance(task_mean, truth),
         "mean_true_change": float(np.mean(np.abs(truth - base) / base)),
     }
-    report["true_noise_floor"] = (within_task_spearman(truth, truth_repeat, tasks)
-                                  if truth_repeat is not None else float("nan"))
+    report["true_noise_floor"] = float("nan")
+    if truth_repeat is not None:
+        repeated = np.isfinite(truth_repeat)
+        report["true_noise_floor"] = within_task_spearman(
+            truth[repeated], truth_repeat[repeated], tasks[repeated])
     return report

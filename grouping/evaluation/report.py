@@ -35,17 +35,22 @@ def _comparison_table(summary: list[dict]) -> list[str]:
 
 
 def _verdict(summary: list[dict]) -> list[str]:
-    """Grad-TAG's gain over each alternative, beside the spread of random groups."""
-    by_name = {line["grouping"]: line for line in summary}
-    if "gradtag" not in by_name:
+    """The leading grouping's gain over each alternative, beside the spread of random
+    groups (the leading grouping is Grad-TAG's, or the true affinity's when it was the
+    method)."""
+    by_name = {line["grouping"]: line for line in summary if line["optimizer"] ==
+               summary[0]["optimizer"]}
+    leading = "gradtag" if "gradtag" in by_name else "true"
+    if leading not in by_name:
         return []
-    ours = by_name["gradtag"]["mean_test_f1"]
+    ours = by_name[leading]["mean_test_f1"]
+    label = {"gradtag": "Grad-TAG groups", "true": "true-affinity groups"}[leading]
     lines = []
     spread = by_name.get("random", {}).get("mean_test_f1_std")
-    for name in ("all", "single", "random", "spectral"):
-        if name in by_name:
+    for name in ("all", "single", "random", "spectral", "true", "dmtg"):
+        if name in by_name and name != leading:
             gain = ours - by_name[name]["mean_test_f1"]
-            lines.append(f"- Grad-TAG groups vs {name}: {gain:+.3f} mean test F1.")
+            lines.append(f"- {label} vs {name}: {gain:+.3f} mean test F1.")
     if spread is not None:
         gain = ours - by_name["random"]["mean_test_f1"]
         noise = "beyond" if abs(gain) > 2 * spread else "within"
@@ -74,10 +79,14 @@ def _error_section(run: Path, report: dict) -> list[str]:
     tuning = report["fine_tuning"]
     schedule = (f"a fixed {tuning['epochs']} epochs" if tuning["epochs"]
                 else "early stopping on the subset's validation loss")
+    tuned = (f"all {report['num_subsets']}" if tuning.get("all_subsets")
+             else f"{tuning['num_subsets']} of the {report['num_subsets']}")
     lines = ["## Estimated vs true affinity", "",
              f"{report['num_pairs']} (subset, task) pairs: true fine-tuning of θ0 on "
-             f"{tuning['num_subsets']} of the estimator's subsets, {schedule}, learning rate "
-             f"{tuning['lr'] or 'as in train'}.", "", "| figure | value |", "|---|---|"]
+             f"{tuned} subsets the estimator used, {schedule}, learning rate "
+             f"{tuning['lr'] or 'as in train'}. FLOPs are what torch's flop counter counts "
+             f"(matrix products), measured on a sample and scaled.", "", "| figure | value |",
+             "|---|---|"]
     for label, key in rows:
         value = (f"{report['mean_relative_error']:.3f} / {report['median_relative_error']:.3f}"
                  if key is None else _fmt(report[key]))
@@ -85,7 +94,18 @@ def _error_section(run: Path, report: dict) -> list[str]:
     lines += [f"| estimate seconds (gradients + surrogates) | {report['estimate_seconds']:.1f} |",
               f"| true fine-tuning, extrapolated to all subsets | "
               f"{report['true_seconds_extrapolated']:.1f} |",
-              f"| cost ratio | {report['cost_ratio']:.3f} |", ""]
+              f"| cost ratio | {report['cost_ratio']:.3f} |"]
+    flops = report.get("flops")
+    if flops:
+        lines += [f"| counted GFLOPs, estimate (gradients + surrogates) | "
+                  f"{flops['estimate'] / 1e9:.2f} |",
+                  f"| counted GFLOPs, true fine-tuning of all subsets | "
+                  f"{flops['true_extrapolated'] / 1e9:.2f} |",
+                  f"| FLOP ratio | {flops['ratio']:.3f} |"]
+    if report.get("groups_ari") is not None:
+        lines.append(f"| adjusted Rand index, groups of estimated vs true T | "
+                     f"{report['groups_ari']:.3f} |")
+    lines.append("")
     if report["relative_distance"] >= report["base_relative_distance"]:
         lines.append("The estimate is no closer to the truth than the base-loss predictor: "
                      "its distance figure proves nothing here.")
@@ -99,6 +119,14 @@ def _error_section(run: Path, report: dict) -> list[str]:
         lines.append(f"Left out (no positive validation example): tasks "
                      f"{report['tasks_without_validation_positive']}.")
     return [*lines, "", "![scatter](estimate_scatter.png)", ""]
+
+
+def _affinity_method(affinity: dict) -> str:
+    subsets = f"subsets of {affinity['subset_size']}"
+    if affinity["method"] == "true":
+        return f"Affinity from true fine-tuning of θ0 on every sampled subset ({subsets})"
+    return (f"Affinity by Grad-TAG (projection dimension {affinity['projection_dim']}, "
+            f"{subsets}, L2 {affinity['l2']})")
 
 
 def write_report(run_path: str | Path) -> dict:
@@ -117,6 +145,8 @@ def write_report(run_path: str | Path) -> dict:
                "num_groups": groups["num_groups"], "k_rule": groups["k_rule"],
                "ari_planted": groups.get("ari_planted"),
                "ari_planted_spectral": groups.get("ari_planted_spectral"),
+               "ari_planted_true": groups.get("ari_planted_true"),
+               "ari_estimated_vs_true": groups.get("ari_estimated_vs_true"),
                "stage_seconds": seconds, "comparison": summary_rows}
     error_path = run / "error_report.json"
     if error_path.is_file():
@@ -125,9 +155,7 @@ def write_report(run_path: str | Path) -> dict:
 
     lines = [f"# Task grouping report: {config['name']}", "",
              f"{affinity.shape[0]} tasks ({config['taskset']['kind']} task set), seed "
-             f"{config['seed']}. Affinity by Grad-TAG (projection dimension "
-             f"{config['affinity']['projection_dim']}, subsets of "
-             f"{config['affinity']['subset_size']}, L2 {config['affinity']['l2']}); "
+             f"{config['seed']}. {_affinity_method(config['affinity'])}; "
              f"clustering: {groups['method']}, k = {groups['num_groups']} ({groups['k_rule']}).",
              "", "## Stage wall times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {value:.1f} |" for name, value in seconds.items()]
@@ -138,6 +166,12 @@ def write_report(run_path: str | Path) -> dict:
         lines += ["", f"Adjusted Rand index against the planted families: "
                   f"{groups['ari_planted']:.3f} ({groups['method']}); spectral clustering of the "
                   f"same T: {groups['ari_planted_spectral']:.3f}."]
+    if groups.get("true_groups") is not None:
+        lines += ["", f"Groups of the true affinity matrix (every subset really fine-tuned, "
+                  f"same k): adjusted Rand index {groups['ari_estimated_vs_true']:.3f} against "
+                  f"the groups above"
+                  + (f", {groups['ari_planted_true']:.3f} against the planted families."
+                     if groups.get("ari_planted_true") is not None else ".")]
     lines += ["", "![affinity](affinity_heatmap.png)", "", "## Comparison", "",
               "Per-task test F1 uses the threshold that maximises validation F1; AP averages the "
               "tasks with a positive test example. Random groups have the Grad-TAG group sizes; "
