@@ -173,7 +173,6 @@ class GroupTrainingConfig(_Strict):
 
     optimizers: list[OptimizerName] = Field(["adatask_adam", "adam"], min_length=1)
     lrs: list[Annotated[float, Field(gt=0)]] = Field([1e-3], min_length=1)
-    asha: bool = False
     dominance_decay: float = Field(0.9, gt=0, lt=1)
     num_cpus_per_trial: float = Field(1.0, gt=0)
     num_gpus_per_trial: float = Field(0.0, ge=0)
@@ -181,13 +180,16 @@ class GroupTrainingConfig(_Strict):
 
 class DMTGConfig(_Strict):
     """DMTG one-shot grouping (Gao et al., ICML 2024): K trunks, K·N heads, Gumbel-softmax
-    task-to-branch logits trained jointly with the model."""
+    task-to-branch logits trained jointly with the model. ``warmup_epochs`` train the
+    branches with uniform task weights before the logits start learning (0: the paper's
+    one-shot schedule)."""
 
     enabled: bool = True
     num_groups: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, gt=0)
     final_temperature: float | None = Field(None, gt=0)
     logits_lr: float = Field(0.01, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
     max_epochs: int | None = Field(None, ge=1)
     max_memory_gib: float = Field(8.0, gt=0)
     num_cpus: float = Field(1.0, gt=0)

@@ -15,9 +15,12 @@ from grouping.training import predict, train_model
 
 
 def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
-                train_config: TrainConfig, seed: int, device: torch.device) -> dict:
-    """Train a fresh SIGN-MLP on ``tasks`` (one head each); return its per-task test metrics,
-    its model spec and best state (CPU tensors), best epoch and wall time.
+                train_config: TrainConfig, seed: int, device: torch.device,
+                optimizer: str = "adam", track_dominance: bool = False,
+                dominance_decay: float = 0.9) -> dict:
+    """Train a fresh SIGN-MLP on ``tasks`` (one head each) with ``optimizer``; return its
+    per-task test metrics, its model spec and best state (CPU tensors), best epoch, wall time
+    and, when tracked, the task-dominance fraction of each shared layer.
 
     Group models start from scratch, not from the all-task base model: starting from θ0
     would carry all-task sharing into every group and blur the comparison with the all-in-one
@@ -28,9 +31,11 @@ def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
     spec = ModelSpec(taskset.features.shape[1], tuple(model_config.hidden), len(columns),
                      model_config.dropout)
     model = build_model(spec, seed)
-    result = train_model(model, taskset, columns, train_config, seed, device)
+    result = train_model(model, taskset, columns, train_config, seed, device,
+                         optimizer=optimizer, track_dominance=track_dominance,
+                         dominance_decay=dominance_decay)
     logits = predict(model, torch.tensor(taskset.features, device=device)).cpu().numpy()
     return {"tasks": task_metrics(taskset, logits, columns), "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "spec": spec,
             "state": {name: value.cpu() for name, value in result.state.items()},
-            "seconds": time.perf_counter() - start}
+            "dominance": result.dominance, "seconds": time.perf_counter() - start}

@@ -32,6 +32,7 @@ def small_sbm_config(**sections) -> dict:
         "affinity": {"projection_dim": 400, "subset_size": 10, "coverage": 30},
         "clustering": {"num_groups": 6},
         "groups": {"single_task": False, "random_seeds": 1, "spectral": False},
+        "dmtg": {"enabled": False},
         "ray": {"num_workers": 2, "chunk_rows": 2048, "subsets_per_batch": 8},
     }
     for key, value in sections.items():

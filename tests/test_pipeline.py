@@ -15,6 +15,7 @@ from grouping.config import ConfigError, parse_config
 from workers.pipeline import Pipeline
 
 TRUE_AFFINITY = {"enabled": True, "num_subsets": 12, "all_subsets": True}
+DMTG = {"enabled": True, "warmup_epochs": 10, "temperature": 4.0, "final_temperature": 0.5}
 NUM_SUBSETS = 184  # coverage 30 × 24·23 task pairs / (10·9) pairs per subset
 
 
@@ -27,7 +28,8 @@ def _run(tmp_path, name: str, resume: bool = False, **sections) -> RunDirectory:
 
 @pytest.fixture(scope="module")
 def finished(ray_session, tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("runs"), "main", true_affinity=TRUE_AFFINITY)
+    return _run(tmp_path_factory.mktemp("runs"), "main", true_affinity=TRUE_AFFINITY,
+                dmtg=DMTG)
 
 
 def test_pipeline_recovers_the_planted_families(finished):
@@ -43,14 +45,24 @@ def test_run_directory_holds_every_artifact(finished):
                  "base_model.pt", "group_models/group0.pt"):
         assert finished.file(name).is_file(), name
     rows = json.loads(finished.file("comparison.json").read_text())
-    assert {row["grouping"] for row in rows} == {"all", "gradtag", "random", "true"}
+    assert {(row["grouping"], row["optimizer"]) for row in rows} == {
+        ("all", "adatask_adam"), ("gradtag", "adatask_adam"), ("random", "adatask_adam"),
+        ("true", "adatask_adam"), ("all", "adam"), ("gradtag", "adam"), ("dmtg", "adam")}
     for row in rows:
         assert set(row) >= {"grouping", "optimizer", "num_groups", "mean_test_f1",
                             "worst_test_f1", "mean_test_ap", "seconds"}
         assert 0 <= row["worst_test_f1"] <= row["mean_test_f1"] <= 1
     manifest = json.loads(finished.file("manifest.json").read_text())
     assert set(manifest["stages"]) == {"base", "gradients", "surrogates", "affinity",
-                                       "true_affinity", "error_report", "groups", "comparison"}
+                                       "true_affinity", "error_report", "groups", "dmtg",
+                                       "comparison"}
+    summary = finished.read_json("summary.json")
+    assert set(summary["dominance"]) == {"adatask_adam", "adam"}
+    assert set(summary["dominance"]["adam"]) == {"trunk.0.weight", "trunk.0.bias",
+                                                 "trunk.2.weight", "trunk.2.bias"}
+    dmtg = finished.read_json("dmtg.json")
+    assert sorted(t for group in dmtg["groups"] for t in group) == list(range(24))
+    assert finished.file("dominance.png").is_file()
     assert "| gradtag |" in finished.file("report.md").read_text()
 
 
@@ -138,6 +150,22 @@ def test_interrupted_true_fine_tuning_resumes_without_redoing_finished_trials(fi
     original = finished.load_arrays("true_losses.npz")
     for key in ("subsets", "losses", "losses_repeat", "base_losses"):
         assert np.array_equal(resumed[key], original[key], equal_nan=True), key
+
+
+def test_interrupted_group_training_restores_the_tune_experiment(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tuned"
+    shutil.copytree(finished.path, copy)
+    (copy / "comparison.json").unlink()
+    results = sorted((copy / "tune").glob("*/*/checkpoint_*/result.pt"))
+    assert len(results) == 26  # 19 group models with AdaTask, 7 with Adam, one lr each
+    stamps = [path.stat().st_mtime_ns for path in results]
+    config = parse_config(small_sbm_config(true_affinity=TRUE_AFFINITY, dmtg=DMTG))
+    Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute()
+    assert [path.stat().st_mtime_ns for path in results] == stamps
+    assert (json.loads((copy / "comparison.json").read_text())
+            == finished.read_json("comparison.json"))
 
 
 def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finished, tmp_path):

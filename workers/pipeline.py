@@ -17,16 +17,19 @@ from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
 from grouping.affinity.true_affinity import validation_losses
 from grouping.artifacts import RunDirectory
 from grouping.clustering import choose_num_groups, random_groups, sdp_groups, spectral_groups
-from grouping.config import RunConfig, dump_config
-from grouping.evaluation.comparison import comparison_row
+from grouping.config import ConfigError, RunConfig, dump_config
+from grouping.dmtg import dmtg_memory_bytes
+from grouping.evaluation.comparison import Plan, comparison_row
 from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.report import write_report
 from grouping.models import ModelSpec, restore_model
 from grouping.tasksets import TaskSet, build_taskset
+from workers.dmtg import run_dmtg
 from workers.gradients import compute_gradient_features
 from workers.surrogates import compute_subset_losses
 from workers.training import train_groups
 from workers.true_affinity import fine_tune_subsets
+from workers.tuning import GroupJob, train_group_trials
 
 BASE_SECTIONS = ("seed", "taskset", "features", "model", "train")
 ESTIMATE_SECTIONS = (*BASE_SECTIONS, "affinity")
@@ -64,6 +67,8 @@ class Pipeline:
         start = time.perf_counter()
         self.taskset = build_taskset(self.config)
         self.run.manifest["taskset_seconds"] = time.perf_counter() - start
+        if self.config.dmtg.enabled:
+            self._check_dmtg_memory()
         self._stage("base", BASE_SECTIONS, ["base_model.pt", "base_metrics.json"], self._base)
         losses = ["subset_losses.npz", "subset_losses.csv"]
         if self.grouping == "gradtag":
@@ -81,7 +86,9 @@ class Pipeline:
         if self.config.true_affinity.enabled:
             self._stage("error_report", self.group_sections, ["error_report.json"],
                         self._error_report)
-        self._stage("comparison", (*self.group_sections, "groups"),
+        if self.config.dmtg.enabled:
+            self._stage("dmtg", (*self.group_sections, "dmtg"), ["dmtg.json"], self._dmtg)
+        self._stage("comparison", (*self.group_sections, "groups", "dmtg"),
                     ["comparison.json", "task_metrics.json"], self._comparison)
         write_report(self.run.path)
 
@@ -232,42 +239,83 @@ class Pipeline:
                                                             _labels_of(groups, num_tasks)))
         self.run.write_json("groups.json", record)
 
-    def _comparison(self) -> None:
+    def _model_spec(self) -> ModelSpec:
+        return ModelSpec(self.taskset.features.shape[1], tuple(self.config.model.hidden),
+                         self.taskset.num_tasks, self.config.model.dropout)
+
+    def _dmtg_branches(self, groups: int) -> int:
+        return self.config.dmtg.num_groups or groups
+
+    def _check_dmtg_memory(self) -> None:
+        """Refuse before any stage runs when DMTG could not fit (at the largest k allowed)."""
+        k = self.config.clustering.num_groups
+        branches = self._dmtg_branches(self.config.clustering.max_groups if k == "auto" else k)
+        needed = dmtg_memory_bytes(self._model_spec(), self.taskset.num_tasks, branches,
+                                   self.config.train.batch_size, self.taskset.num_examples,
+                                   self.taskset.features.shape[1])
+        if needed > self.config.dmtg.max_memory_gib * 2**30:
+            raise ConfigError(
+                f"dmtg.max_memory_gib: DMTG with {branches} branches and "
+                f"{self.taskset.num_tasks} tasks needs about {needed / 2**30:.2f} GiB; raise "
+                "the limit, lower the number of groups, or set dmtg.enabled: false")
+
+    def _dmtg(self) -> None:
+        groups = self.run.read_json("groups.json")["num_groups"]
+        self.run.write_json("dmtg.json", run_dmtg(self.taskset, self._model_spec(),
+                                                  self._dmtg_branches(groups), self.config))
+
+    def _plans(self, record: dict) -> list[Plan]:
+        """Every grouping to train: all-in-one, the leading grouping, then the baselines."""
         taskset, options = self.taskset, self.config.groups
-        record = self.run.read_json("groups.json")
         seconds = self.run.stage_seconds()
         search = sum(seconds.get(stage, 0.0) for stage in (
             "gradients", "surrogates", "true_subsets", "affinity", "groups"))
         chosen = record["groups"]
-        plans = [(self.grouping, None, chosen, search)]
+        plans = [Plan("all", [list(range(taskset.num_tasks))]),
+                 Plan(self.grouping, chosen, search)]
         if options.spectral:
-            plans.append(("spectral", None, record["spectral_groups"], search))
+            plans.append(Plan("spectral", record["spectral_groups"], search))
         if "true_groups" in record:
-            plans.append(("true", None, record["true_groups"], seconds["true_affinity"]
-                          + record["true_clustering_seconds"]))
+            plans.append(Plan("true", record["true_groups"],
+                              seconds["true_affinity"] + record["true_clustering_seconds"]))
         sizes = [len(group) for group in chosen]
-        plans += [("random", seed, random_groups(sizes, taskset.num_tasks, self.config.seed + seed),
-                   0.0) for seed in range(options.random_seeds)]
+        plans += [Plan("random", random_groups(sizes, taskset.num_tasks, self.config.seed + seed),
+                       seed=seed) for seed in range(options.random_seeds)]
         if options.single_task:
-            plans.append(("single", None, [[task] for task in range(taskset.num_tasks)], 0.0))
-        jobs = [(plan, group) for plan in plans for group in plan[2]]
-        results = train_groups(taskset, [group for _, group in jobs], self.config,
-                               "group models")
-        base = self.run.read_json("base_metrics.json")
-        rows = [comparison_row("all", [list(range(taskset.num_tasks))], [base])]
-        per_task = {"all": base["tasks"]}
-        for grouping, seed, groups, search_seconds in plans:
-            mine = [result for (plan, _), result in zip(jobs, results) if plan[0] == grouping
-                    and plan[1] == seed]
-            rows.append(comparison_row(grouping, groups, mine, search_seconds, seed))
-            key = grouping if seed is None else f"{grouping}-seed{seed}"
+            plans.append(Plan("single", [[task] for task in range(taskset.num_tasks)]))
+        return plans
+
+    def _comparison(self) -> None:
+        plans = self._plans(self.run.read_json("groups.json"))
+        primary, *others = self.config.group_training.optimizers
+        compared = {"all", self.grouping}
+        runs = [(plan, primary) for plan in plans]
+        runs += [(plan, other) for other in others for plan in plans if plan.name in compared]
+        jobs = [GroupJob(group, optimizer, plan.name in compared)
+                for plan, optimizer in runs for group in plan.groups]
+        digest = self.config.digest(*self.group_sections, "groups", "group_training")
+        results = train_group_trials(self.taskset, jobs, self.config, self.run.file("tune"),
+                                     f"groups-{digest}", "group models")
+        rows, per_task, position = [], {}, 0
+        for plan, optimizer in runs:
+            mine = results[position:position + len(plan.groups)]
+            position += len(plan.groups)
+            rows.append(comparison_row(plan, mine, optimizer))
+            key = plan.name if plan.seed is None else f"{plan.name}-seed{plan.seed}"
+            key = key if optimizer == primary else f"{key}-{optimizer}"
             per_task[key] = sorted((task for result in mine for task in result["tasks"]),
                                    key=lambda task: task["task"])
+            if plan.name == self.grouping and optimizer == primary:
+                for number, result in enumerate(mine):
+                    self.run.save_torch(f"group_models/group{number}.pt", {
+                        "tasks": [task["task"] for task in result["tasks"]],
+                        "optimizer": optimizer, "lr": result["lr"],
+                        "spec": result["spec"], "state": result["state"]})
+        if self.config.dmtg.enabled:
+            dmtg = self.run.read_json("dmtg.json")
+            plan = Plan("dmtg", dmtg["groups"], dmtg["search_seconds"])
+            rows.append(comparison_row(plan, [{"tasks": dmtg["tasks"],
+                                               "seconds": dmtg["finetune_seconds"]}], "adam"))
+            per_task["dmtg"] = dmtg["tasks"]
         self.run.write_json("comparison.json", rows)
         self.run.write_json("task_metrics.json", per_task)
-        leading = [result for (plan, _), result in zip(jobs, results)
-                   if plan[0] == self.grouping]
-        for number, result in enumerate(leading):
-            self.run.save_torch(f"group_models/group{number}.pt", {
-                "tasks": [task["task"] for task in result["tasks"]],
-                "spec": result["spec"].__dict__, "state": result["state"]})

@@ -1,33 +1,63 @@
-"""Rows of comparison.json: one per trained grouping (and seed, for random groups)."""
+"""Rows of comparison.json: one per trained grouping (and seed, for random groups) and
+optimizer."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 
-def comparison_row(grouping: str, groups: list[list[int]], results: list[dict],
-                   search_seconds: float = 0.0, seed: int | None = None,
-                   optimizer: str = "adam") -> dict:
+@dataclass(frozen=True)
+class Plan:
+    """A grouping to train: its name, groups, the seconds its search took, and the seed of
+    random groups."""
+
+    name: str
+    groups: list[list[int]]
+    search_seconds: float = 0.0
+    seed: int | None = None
+
+
+def mean_dominance(results: list[dict]) -> dict[str, float] | None:
+    """Per shared layer, the dominance fraction averaged over the models of three or more
+    tasks (one task always dominates its own model, and of two tasks one almost always holds
+    more than half)."""
+    tracked = [result["dominance"] for result in results
+               if result.get("dominance") and len(result["tasks"]) > 2]
+    if not tracked:
+        return None
+    return {layer: float(np.mean([dominance[layer] for dominance in tracked]))
+            for layer in tracked[0]}
+
+
+def comparison_row(plan: Plan, results: list[dict], optimizer: str) -> dict:
     """Mean and worst per-task test F1, mean test AP (tasks with a positive test example),
-    and cost: the grouping search plus the training of its models (summed wall time)."""
+    cost (the grouping search plus the summed wall time of its models' training) and, when
+    tracked, the dominance fraction per shared layer."""
     tasks = [task for result in results for task in result["tasks"]]
     f1 = np.array([task["test_f1"] for task in tasks])
     ap = np.array([task["test_ap"] for task in tasks])
     train_seconds = float(sum(result["seconds"] for result in results))
-    return {"grouping": grouping, "optimizer": optimizer, "num_groups": len(groups),
-            "seed": seed, "mean_test_f1": float(f1.mean()), "worst_test_f1": float(f1.min()),
+    return {"grouping": plan.name, "optimizer": optimizer, "num_groups": len(plan.groups),
+            "seed": plan.seed, "mean_test_f1": float(f1.mean()), "worst_test_f1": float(f1.min()),
             "mean_test_ap": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
-            "search_seconds": float(search_seconds), "train_seconds": train_seconds,
-            "seconds": float(search_seconds) + train_seconds}
+            "search_seconds": float(plan.search_seconds), "train_seconds": train_seconds,
+            "seconds": float(plan.search_seconds) + train_seconds,
+            "lrs": sorted({result["lr"] for result in results if "lr" in result}),
+            "dominance": mean_dominance(results)}
 
 
 def summarize_rows(rows: list[dict]) -> list[dict]:
-    """One line per grouping: groupings with several seeds get mean and standard deviation."""
+    """One line per grouping and optimizer: several seeds give mean and standard deviation."""
     summary = []
-    for grouping in dict.fromkeys(row["grouping"] for row in rows):
-        mine = [row for row in rows if row["grouping"] == grouping]
-        line = {"grouping": grouping, "optimizer": mine[0]["optimizer"],
-                "num_groups": mine[0]["num_groups"], "runs": len(mine)}
+    for grouping, optimizer in dict.fromkeys((row["grouping"], row["optimizer"])
+                                             for row in rows):
+        mine = [row for row in rows
+                if row["grouping"] == grouping and row["optimizer"] == optimizer]
+        line = {"grouping": grouping, "optimizer": optimizer,
+                "num_groups": mine[0]["num_groups"], "runs": len(mine),
+                "dominance": mine[0].get("dominance")}
         for key in ("mean_test_f1", "worst_test_f1", "mean_test_ap", "seconds"):
             values = np.array([row[key] for row in mine], dtype=float)
             line[key] = float(values.mean())

@@ -65,3 +65,21 @@ def estimate_scatter(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray) 
     axis.set_title("Estimated vs true subset losses")
     axis.legend()
     return _png(figure)
+
+
+def dominance_bars(lines: list[dict]) -> bytes:
+    """Dominance fraction per shared layer for each (grouping, optimizer) line."""
+    layers = list(lines[0]["dominance"])
+    positions = np.arange(len(layers))
+    width = 0.8 / len(lines)
+    figure, axis = plt.subplots(figsize=(max(5, 1.5 * len(layers)), 4))
+    for number, line in enumerate(lines):
+        axis.bar(positions + (number - (len(lines) - 1) / 2) * width,
+                 [line["dominance"][layer] for layer in layers], width,
+                 label=f"{line['grouping']} ({line['optimizer']})")
+    axis.set_xticks(positions, layers, rotation=20, ha="right")
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("fraction of parameters one task dominates")
+    axis.set_title("Task dominance per shared layer")
+    axis.legend()
+    return _png(figure)

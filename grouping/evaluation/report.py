@@ -11,7 +11,12 @@ import yaml
 
 from grouping.artifacts import atomic_write_bytes
 from grouping.evaluation.comparison import summarize_rows
-from grouping.evaluation.plots import affinity_heatmap, comparison_bars, estimate_scatter
+from grouping.evaluation.plots import (
+    affinity_heatmap,
+    comparison_bars,
+    dominance_bars,
+    estimate_scatter,
+)
 
 
 def _fmt(value: float | None, std: float | None = None) -> str:
@@ -38,8 +43,9 @@ def _verdict(summary: list[dict]) -> list[str]:
     """The leading grouping's gain over each alternative, beside the spread of random
     groups (the leading grouping is Grad-TAG's, or the true affinity's when it was the
     method)."""
-    by_name = {line["grouping"]: line for line in summary if line["optimizer"] ==
-               summary[0]["optimizer"]}
+    primary = summary[0]["optimizer"]
+    by_name = {line["grouping"]: line for line in summary
+               if line["optimizer"] == primary or line["grouping"] == "dmtg"}
     leading = "gradtag" if "gradtag" in by_name else "true"
     if leading not in by_name:
         return []
@@ -58,6 +64,28 @@ def _verdict(summary: list[dict]) -> list[str]:
                      f"{by_name['random']['runs']} seeds): the gain over random groups is "
                      f"{noise} two standard deviations of that spread.")
     return lines
+
+
+def _optimizer_section(run: Path, summary: list[dict]) -> list[str]:
+    """Adam against AdaTask on the all-in-one model and the leading groups: test F1 and the
+    share of each shared layer's parameters that one task dominates; writes its bar chart."""
+    tracked = [line for line in summary if line["dominance"]]
+    if len({line["optimizer"] for line in tracked}) < 2:
+        return []
+    atomic_write_bytes(run / "dominance.png", dominance_bars(tracked))
+    layers = list(tracked[0]["dominance"])
+    lines = ["## Optimizers: Adam vs AdaTask", "",
+             "Dominance: the fraction of a shared layer's parameters where one task's share of "
+             "the exponentially averaged squared update exceeds one half (averaged over the "
+             "groups of several tasks).", "",
+             "| grouping | optimizer | mean test F1 | worst-task test F1 | "
+             + " | ".join(f"dominance {layer}" for layer in layers) + " |",
+             "|---|---|---|---|" + "---|" * len(layers)]
+    for line in tracked:
+        lines.append(f"| {line['grouping']} | {line['optimizer']} | "
+                     f"{_fmt(line['mean_test_f1'])} | {_fmt(line['worst_test_f1'])} | "
+                     + " | ".join(_fmt(line["dominance"][layer]) for layer in layers) + " |")
+    return [*lines, "", "![dominance](dominance.png)", ""]
 
 
 def _error_section(run: Path, report: dict) -> list[str]:
@@ -147,7 +175,12 @@ def write_report(run_path: str | Path) -> dict:
                "ari_planted_spectral": groups.get("ari_planted_spectral"),
                "ari_planted_true": groups.get("ari_planted_true"),
                "ari_estimated_vs_true": groups.get("ari_estimated_vs_true"),
-               "stage_seconds": seconds, "comparison": summary_rows}
+               "stage_seconds": seconds, "comparison": summary_rows,
+               "dominance": {line["optimizer"]: line["dominance"] for line in summary_rows
+                             if line["grouping"] == "all" and line["dominance"]},
+               "dominance_groups": {line["optimizer"]: line["dominance"] for line in summary_rows
+                                    if line["grouping"] == groups.get("affinity", "gradtag")
+                                    and line["dominance"]}}
     error_path = run / "error_report.json"
     if error_path.is_file():
         summary["error_report"] = json.loads(error_path.read_text())
@@ -179,6 +212,7 @@ def write_report(run_path: str | Path) -> dict:
               "the same loop, budget and early stopping; `all` is the base model.", ""]
     lines += _comparison_table(summary_rows)
     lines += ["", *_verdict(summary_rows), "", "![comparison](comparison.png)", ""]
+    lines += _optimizer_section(run, summary_rows)
     if "error_report" in summary:
         lines += _error_section(run, summary["error_report"])
     atomic_write_bytes(run / "report.md", "\n".join(lines).encode())

@@ -1,0 +1,33 @@
+"""The DMTG search as one Ray task with the config's declared resources, retried on failure."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from grouping.config import RunConfig
+from grouping.dmtg import search_groups
+from grouping.models import ModelSpec
+from grouping.tasksets import TaskSet
+from grouping.training import resolve_device
+from workers.runtime import worker_threads
+
+
+def _search(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConfig) -> dict:
+    torch.set_num_threads(worker_threads(config.dmtg.num_cpus))
+    result = search_groups(taskset, spec, num_groups, config.train, config.dmtg, config.seed,
+                           resolve_device(config.device))
+    return {"groups": result.groups, "branch_logits": result.branch_logits.tolist(),
+            "tasks": result.tasks, "search_epochs": result.search_epochs,
+            "search_best_epoch": result.search_best_epoch,
+            "finetune_epochs": result.finetune_epochs,
+            "search_seconds": result.search_seconds,
+            "finetune_seconds": result.finetune_seconds}
+
+
+def run_dmtg(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConfig) -> dict:
+    """DMTG groups, the selected heads' per-task test metrics and the wall times."""
+    remote = ray.remote(_search).options(num_cpus=config.dmtg.num_cpus,
+                                         num_gpus=config.dmtg.num_gpus,
+                                         max_retries=config.ray.max_retries)
+    return ray.get(remote.remote(taskset, spec, num_groups, config))

@@ -1,0 +1,107 @@
+"""Per-group training as Ray Tune trials: one trial per (group, optimizer, learning rate),
+with the config's resources per trial, retried on failure, stored in the run directory and
+restored (finished trials kept) when an interrupted run is resumed."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray import tune
+from tqdm import tqdm
+
+from grouping.config import RunConfig
+from grouping.group_models import train_group
+from grouping.tasksets import TaskSet
+from grouping.training import resolve_device
+from workers.runtime import worker_threads
+
+RESULT_FILE = "result.pt"
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """One group model to train: its tasks, the optimizer, and whether to track the task
+    dominance of its shared layers."""
+
+    tasks: list[int]
+    optimizer: str
+    track_dominance: bool = False
+
+
+def _trial(params: dict, taskset: TaskSet, jobs: list[GroupJob], config: RunConfig) -> None:
+    """Tune trainable: train one job at one learning rate; report the best validation loss
+    with a checkpoint holding the trained model and its test metrics."""
+    torch.set_num_threads(worker_threads(config.group_training.num_cpus_per_trial))
+    job = jobs[params["job"]]
+    train = config.train.model_copy(update={"lr": params["lr"]})
+    result = train_group(taskset, job.tasks, config.model, train, config.seed,
+                         resolve_device(config.device), job.optimizer, job.track_dominance,
+                         config.group_training.dominance_decay)
+    result["spec"] = result["spec"].__dict__
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(result, Path(directory) / RESULT_FILE)
+        tune.report({"val_loss": result["best_val_loss"]},
+                    checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+class _ProgressBar(tune.Callback):
+    """A tqdm bar over finished trials (not pickled with Tune's experiment state)."""
+
+    def __init__(self, total: int, description: str) -> None:
+        self.total, self.description, self.bar = total, description, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "bar": None}
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, desc=self.description, unit="trial")
+        self.bar.update(1)
+
+
+def _read_result(result: tune.Result) -> dict:
+    if result.error is not None:
+        raise RuntimeError(f"group training trial failed: {result.error}")
+    with result.checkpoint.as_directory() as directory:
+        saved = torch.load(Path(directory) / RESULT_FILE, weights_only=True)
+    saved["lr"] = result.config["lr"]
+    return saved
+
+
+def train_group_trials(taskset: TaskSet, jobs: list[GroupJob], config: RunConfig,
+                       storage: Path, name: str, description: str) -> list[dict]:
+    """For each job, the trial with the lowest validation loss over ``group_training.lrs``
+    (its result dict, with the chosen ``lr``), in job order.
+
+    The experiment lives in ``storage/name``; when it exists from an interrupted attempt it
+    is restored, and trials that finished there are not run again.
+    """
+    options = config.group_training
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, taskset=taskset, jobs=jobs, config=config),
+        {"cpu": options.num_cpus_per_trial, "gpu": options.num_gpus_per_trial})
+    path = storage.resolve() / name
+    total = len(jobs) * len(options.lrs)
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"job": tune.grid_search(list(range(len(jobs)))),
+                         "lr": tune.grid_search(list(options.lrs))},
+            tune_config=tune.TuneConfig(metric="val_loss", mode="min", reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage.resolve()), verbose=0,
+                callbacks=[_ProgressBar(total, description)],
+                failure_config=tune.FailureConfig(max_failures=config.ray.max_retries)))
+    grid = tuner.fit()
+    best: dict[int, dict] = {}
+    for result in grid:
+        saved = _read_result(result)
+        job = result.config["job"]
+        if job not in best or saved["best_val_loss"] < best[job]["best_val_loss"]:
+            best[job] = saved
+    return [best[job] for job in range(len(jobs))]
