@@ -181,15 +181,17 @@ class GroupTrainingConfig(_Strict):
 class DMTGConfig(_Strict):
     """DMTG one-shot grouping (Gao et al., ICML 2024): K trunks, K·N heads, Gumbel-softmax
     task-to-branch logits trained jointly with the model. ``warmup_epochs`` train the
-    branches with uniform task weights before the logits start learning (0: the paper's
-    one-shot schedule)."""
+    branches with uniform task weights before the logits start learning, and the temperature
+    anneals from ``temperature`` to ``final_temperature``; ``warmup_epochs: 0`` with a
+    constant temperature is the paper's plain one-shot schedule, which on the planted SBMs
+    locks the logits in before the branches differ (groups near random)."""
 
     enabled: bool = True
     num_groups: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    final_temperature: float | None = Field(None, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    final_temperature: float | None = Field(0.5, gt=0)
     logits_lr: float = Field(0.01, gt=0)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(10, ge=0)
     max_epochs: int | None = Field(None, ge=1)
     max_memory_gib: float = Field(8.0, gt=0)
     num_cpus: float = Field(1.0, gt=0)

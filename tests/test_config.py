@@ -38,6 +38,10 @@ def test_overrides_set_nested_fields_with_yaml_values():
     ({"clustering": {"num_groups": 99}}, "clustering.num_groups"),
     ({"taskset": {"num_families": 20}}, "num_families"),
     ({"taskset": {"splits": {"train": 0.6, "val": 0.5}}}, "taskset.splits"),
+    ({"affinity": {"method": "true"}, "true_affinity": {"enabled": True}},
+     "true_affinity.enabled"),
+    ({"group_training": {"optimizers": ["sgd"]}}, "group_training.optimizers"),
+    ({"group_training": {"lrs": []}}, "group_training.lrs"),
 ])
 def test_mistakes_name_their_field(change, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -15,7 +15,7 @@ from grouping.config import ConfigError, parse_config
 from workers.pipeline import Pipeline
 
 TRUE_AFFINITY = {"enabled": True, "num_subsets": 12, "all_subsets": True}
-DMTG = {"enabled": True, "warmup_epochs": 10, "temperature": 4.0, "final_temperature": 0.5}
+DMTG = {"enabled": True}
 NUM_SUBSETS = 184  # coverage 30 × 24·23 task pairs / (10·9) pairs per subset
 
 
@@ -177,6 +177,14 @@ def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finis
     assert {row["grouping"] for row in rows} == {"all", "true", "random"}
     assert run.read_json("groups.json")["groups"] == finished.read_json("groups.json")[
         "true_groups"]
+
+
+def test_dmtg_that_cannot_fit_is_refused_before_any_stage(tmp_path):
+    config = parse_config(small_sbm_config(dmtg={"enabled": True, "max_memory_gib": 1e-6}))
+    run = RunDirectory(tmp_path / "refused", resume=False)
+    with pytest.raises(ConfigError, match=r"dmtg\.max_memory_gib"):
+        Pipeline(config, run, resume=False).execute()
+    assert not run.file("base_model.pt").exists()
 
 
 def test_an_earlier_run_is_never_overwritten(finished):

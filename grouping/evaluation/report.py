@@ -208,8 +208,11 @@ def write_report(run_path: str | Path) -> dict:
     lines += ["", "![affinity](affinity_heatmap.png)", "", "## Comparison", "",
               "Per-task test F1 uses the threshold that maximises validation F1; AP averages the "
               "tasks with a positive test example. Random groups have the Grad-TAG group sizes; "
-              "± is the standard deviation over seeds. Every model is trained from scratch with "
-              "the same loop, budget and early stopping; `all` is the base model.", ""]
+              "± is the standard deviation over seeds. Every group model is trained from "
+              "scratch with the same loop, budget and early stopping, as a Ray Tune trial per "
+              "learning rate (the lowest validation loss is kept); `dmtg` is DMTG's own "
+              "fine-tuned model of its groups (search and fine-tuning within the same "
+              "budget).", ""]
     lines += _comparison_table(summary_rows)
     lines += ["", *_verdict(summary_rows), "", "![comparison](comparison.png)", ""]
     lines += _optimizer_section(run, summary_rows)
