@@ -100,7 +100,8 @@ def test_temperature_anneals_exponentially():
     assert dmtg.temperature_at(1, 9, config) == pytest.approx(4.0)
     assert dmtg.temperature_at(5, 9, config) == pytest.approx(1.0)
     assert dmtg.temperature_at(9, 9, config) == pytest.approx(0.25)
-    assert dmtg.temperature_at(5, 9, DMTGConfig(temperature=2.0)) == 2.0
+    constant = DMTGConfig(temperature=2.0, final_temperature=None)
+    assert dmtg.temperature_at(5, 9, constant) == 2.0
 
 
 def test_memory_estimate_grows_linearly_in_branches():

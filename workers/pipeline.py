@@ -88,7 +88,7 @@ class Pipeline:
                         self._error_report)
         if self.config.dmtg.enabled:
             self._stage("dmtg", (*self.group_sections, "dmtg"), ["dmtg.json"], self._dmtg)
-        self._stage("comparison", (*self.group_sections, "groups", "dmtg"),
+        self._stage("comparison", (*self.group_sections, "groups", "group_training", "dmtg"),
                     ["comparison.json", "task_metrics.json"], self._comparison)
         write_report(self.run.path)
 
