@@ -1,4 +1,10 @@
-"""Run directory: atomic writes, the manifest, and the stage cache behind ``--resume``."""
+"""Run directory: atomic writes, the manifest, and the stage cache behind ``--resume``.
+
+A run directory is a local path or a URI of any filesystem pyarrow reaches (``s3://``,
+``gs://``, ``file://``, ...). For a URI, the driver works in a local copy and uploads every
+file it writes as soon as it is written (temporary name, then a move), so that finished work
+lives in the shared storage; a resumed run downloads that copy first. Ray Tune writes its
+experiment straight to ``<run>/tune``."""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import io
 import json
 import os
 import platform
+import posixpath
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from grouping.config import ConfigError
@@ -46,27 +54,108 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-class RunDirectory:
-    """``results/<run>/``: every file written atomically; stages recorded in manifest.json."""
+class _RemoteCopy:
+    """The run's files at a URI, mirrored from and to a local working copy."""
 
-    def __init__(self, path: str | Path, resume: bool) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"--output: {self.path} exists and is not a directory")
-        if self.path.is_dir() and any(self.path.iterdir()) and not resume:
-            raise ConfigError(f"--output: {self.path} already holds a run; pass --resume to "
+    def __init__(self, uri: str) -> None:
+        try:
+            self.filesystem, self.root = pafs.FileSystem.from_uri(uri)
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"--output: cannot open {uri}: {error}") from None
+        self.root = self.root.rstrip("/")
+        self.uploaded: dict[str, tuple[int, int]] = {}
+
+    def _files(self) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(self.root, allow_not_found=True, recursive=True)
+        return [info for info in self.filesystem.get_file_info(selector)
+                if info.type == pafs.FileType.File]
+
+    def holds_files(self) -> bool:
+        return bool(self._files())
+
+    def download(self, local: Path) -> None:
+        """Copy every file but Tune's experiments (Tune reads those itself)."""
+        for info in self._files():
+            name = info.path[len(self.root) + 1:]
+            if name.startswith("tune/"):
+                continue
+            with self.filesystem.open_input_stream(info.path) as stream:
+                atomic_write_bytes(local / name, stream.read())
+            stat = (local / name).stat()
+            self.uploaded[name] = (stat.st_mtime_ns, stat.st_size)
+
+    def upload(self, local: Path, name: str) -> None:
+        target = f"{self.root}/{name}"
+        folder = posixpath.dirname(target)
+        temporary = f"{folder}/.{posixpath.basename(target)}.partial"
+        self.filesystem.create_dir(folder, recursive=True)
+        with self.filesystem.open_output_stream(temporary) as stream:
+            stream.write((local / name).read_bytes())
+        self.filesystem.move(temporary, target)
+        stat = (local / name).stat()
+        self.uploaded[name] = (stat.st_mtime_ns, stat.st_size)
+
+    def upload_changed(self, local: Path) -> None:
+        for path in sorted(local.rglob("*")):
+            name = path.relative_to(local).as_posix()
+            if path.is_file() and not path.name.startswith("."):
+                stat = path.stat()
+                if self.uploaded.get(name) != (stat.st_mtime_ns, stat.st_size):
+                    self.upload(local, name)
+
+
+class RunDirectory:
+    """``results/<run>/`` (or a URI): every file written atomically; stages recorded in
+    manifest.json."""
+
+    def __init__(self, location: str | Path, resume: bool) -> None:
+        self.uri = str(location) if "://" in str(location) else None
+        if self.uri is None:
+            self.path = Path(location)
+            self.remote = None
+            holds_run = self.path.is_dir() and any(self.path.iterdir())
+            if self.path.exists() and not self.path.is_dir():
+                raise ConfigError(f"--output: {self.path} exists and is not a directory")
+        else:
+            self.remote = _RemoteCopy(self.uri)
+            self.path = Path(tempfile.mkdtemp(prefix="run-"))
+            holds_run = self.remote.holds_files()
+        if holds_run and not resume:
+            raise ConfigError(f"--output: {location} already holds a run; pass --resume to "
                               "continue it or choose another --output")
+        if self.remote is not None and resume:
+            self.remote.download(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / MANIFEST
         self.manifest: dict[str, Any] = (json.loads(manifest.read_text()) if manifest.is_file()
                                          else {"stages": {}})
         self.manifest["versions"] = _versions()
 
+    @property
+    def location(self) -> str:
+        """Where the run lives: its URI, or its local path."""
+        return self.uri or str(self.path)
+
+    def tune_storage(self) -> str:
+        """Storage for Ray Tune experiments: ``<run>/tune`` on the run's own filesystem."""
+        return f"{self.uri.rstrip('/')}/tune" if self.uri else str(self.path.resolve() / "tune")
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write one file atomically (and upload it when the run lives at a URI)."""
+        atomic_write_bytes(self.file(name), data)
+        if self.remote is not None:
+            self.remote.upload(self.path, name)
+
+    def publish(self) -> None:
+        """Upload files written into the local copy by other code (the report renderer)."""
+        if self.remote is not None:
+            self.remote.upload_changed(self.path)
+
     def file(self, name: str) -> Path:
         return self.path / name
 
     def write_text(self, name: str, text: str) -> None:
-        atomic_write_bytes(self.file(name), text.encode())
+        self.write_bytes(name, text.encode())
 
     def write_json(self, name: str, value: Any) -> None:
         self.write_text(name, json.dumps(value, indent=2, default=float) + "\n")
@@ -77,17 +166,17 @@ class RunDirectory:
     def save_array(self, name: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()
         np.save(buffer, array)
-        atomic_write_bytes(self.file(name), buffer.getvalue())
+        self.write_bytes(name, buffer.getvalue())
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(self.file(name), buffer.getvalue())
+        self.write_bytes(name, buffer.getvalue())
 
     def save_torch(self, name: str, value: Any) -> None:
         buffer = io.BytesIO()
         torch.save(value, buffer)
-        atomic_write_bytes(self.file(name), buffer.getvalue())
+        self.write_bytes(name, buffer.getvalue())
 
     def load_torch(self, name: str) -> Any:
         return torch.load(self.file(name), weights_only=True)

@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from grouping.artifacts import RunDirectory  # noqa: E402
+from grouping.config import ConfigError  # noqa: E402
 from grouping.evaluation.report import write_report  # noqa: E402
 
 REQUIRED = ("config.yaml", "manifest.json", "groups.json", "comparison.json", "affinity.npy")
@@ -19,16 +21,21 @@ REQUIRED = ("config.yaml", "manifest.json", "groups.json", "comparison.json", "a
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python scripts/report.py RUN_DIRECTORY", file=sys.stderr)
+        print("usage: python scripts/report.py RUN_DIRECTORY_OR_URI", file=sys.stderr)
         return 2
-    run = Path(argv[0])
-    missing = [name for name in REQUIRED if not (run / name).is_file()]
+    try:
+        run = RunDirectory(argv[0], resume=True)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    missing = [name for name in REQUIRED if not run.file(name).is_file()]
     if missing:
-        print(f"error: {run}: not a finished run (missing {', '.join(missing)})",
+        print(f"error: {argv[0]}: not a finished run (missing {', '.join(missing)})",
               file=sys.stderr)
         return 2
-    write_report(run)
-    print(f"report: {run / 'report.md'}")
+    write_report(run.path)
+    run.publish()
+    print(f"report: {run.location.rstrip('/')}/report.md")
     return 0
 
 

@@ -15,10 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import grouping  # noqa: E402
 from grouping.artifacts import RunDirectory  # noqa: E402
 from grouping.config import ConfigError, RunConfig, load_config  # noqa: E402
 
-DEFAULT_CONFIG = ROOT / "configs" / "quickstart.yaml"
+# The installed project: `ray submit` runs a copy of this script outside the project tree.
+PROJECT = Path(grouping.__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT / "configs" / "quickstart.yaml"
+
+
+def config_path(name: str) -> Path:
+    """``name`` as given, or, when it does not exist here, inside the installed project."""
+    path = Path(name)
+    if not path.exists() and not path.is_absolute() and (PROJECT / path).exists():
+        return PROJECT / path
+    return path
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -38,11 +49,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare(arguments: argparse.Namespace) -> tuple[RunConfig, RunDirectory]:
     """Validate the config and open the run directory; user mistakes raise ConfigError."""
-    config = load_config(arguments.config, arguments.set)
+    config = load_config(config_path(arguments.config), arguments.set)
     if arguments.resume and not arguments.output:
         raise ConfigError("--resume needs --output naming the run to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    output = arguments.output or ROOT / "results" / f"{config.name}-{stamp}"
+    output = arguments.output or PROJECT / "results" / f"{config.name}-{stamp}"
     return config, RunDirectory(output, arguments.resume)
 
 
@@ -63,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"finished in {time.perf_counter() - start:.1f} s; report: {run.file('report.md')}")
+    print(f"finished in {time.perf_counter() - start:.1f} s; "
+          f"report: {run.location.rstrip('/')}/report.md")
     return 0
 
 

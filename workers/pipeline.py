@@ -91,6 +91,7 @@ class Pipeline:
         self._stage("comparison", (*self.group_sections, "groups", "group_training", "dmtg"),
                     ["comparison.json", "task_metrics.json"], self._comparison)
         write_report(self.run.path)
+        self.run.publish()
 
     def _base(self) -> None:
         (result,) = train_groups(self.taskset, [list(range(self.taskset.num_tasks))],
@@ -152,7 +153,7 @@ class Pipeline:
         tuning = (self.config.digest(*BASE_SECTIONS), self.config.true_affinity.epochs,
                   self.config.fine_tuning().model_dump_json())
         digest = hashlib.sha256(repr(tuning).encode()).hexdigest()[:16]
-        trials = self.run.file(f"true_trials/{digest}")
+        trials = (self.run, f"true_trials/{digest}")
         return fine_tune_subsets(self.taskset, spec, state, subsets, self.config, seed,
                                  description, trials)
 
@@ -294,7 +295,7 @@ class Pipeline:
         jobs = [GroupJob(group, optimizer, plan.name in compared)
                 for plan, optimizer in runs for group in plan.groups]
         digest = self.config.digest(*self.group_sections, "groups", "group_training")
-        results = train_group_trials(self.taskset, jobs, self.config, self.run.file("tune"),
+        results = train_group_trials(self.taskset, jobs, self.config, self.run.tune_storage(),
                                      f"groups-{digest}", "group models")
         rows, per_task, position = [], {}, 0
         for plan, optimizer in runs:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 
 from grouping.affinity.true_affinity import fine_tune_subset
-from grouping.artifacts import atomic_write_bytes
+from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
 from grouping.models import ModelSpec, restore_model
 from grouping.tasksets import TaskSet
@@ -30,33 +29,34 @@ def _fine_tune(taskset: TaskSet, spec: ModelSpec, state: dict, subset: np.ndarra
 
 def fine_tune_subsets(taskset: TaskSet, spec: ModelSpec, state: dict, subsets: np.ndarray,
                       config: RunConfig, seed: int, description: str,
-                      trials: Path | None = None) -> list[dict]:
+                      trials: tuple[RunDirectory, str] | None = None) -> list[dict]:
     """f(S, i) for every subset (one Ray task each), in subset order.
 
-    With ``trials`` (a directory), each finished trial is written there at once, and trials
-    already there from an interrupted attempt are read back instead of being run again.
+    With ``trials`` (a run directory and a folder in it), each finished trial is written
+    there at once, and trials already there from an interrupted attempt are read back instead
+    of being run again.
     """
     remote = ray.remote(_fine_tune).options(
         num_cpus=config.ray.num_cpus_per_worker, num_gpus=config.ray.num_gpus_per_worker,
         max_retries=config.ray.max_retries)
     shared = [ray.put(value) for value in (taskset, spec, state)]
 
-    def trial_file(position: int) -> Path:
+    def trial_file(position: int) -> str:
         subset = "-".join(str(task) for task in subsets[position])
-        return trials / f"seed{seed}-{subset}.json"
+        return f"{trials[1]}/seed{seed}-{subset}.json"
 
     finished, on_result = {}, None
     if trials is not None:
+        run = trials[0]
         for position in range(len(subsets)):
-            if trial_file(position).is_file():
-                saved = json.loads(trial_file(position).read_text())
+            if run.file(trial_file(position)).is_file():
+                saved = run.read_json(trial_file(position))
                 finished[position] = {"losses": np.array(saved["losses"]),
                                       "seconds": saved["seconds"]}
 
         def on_result(position: int, result: dict) -> None:
-            text = json.dumps({"losses": result["losses"].tolist(),
-                               "seconds": result["seconds"]})
-            atomic_write_bytes(trial_file(position), text.encode())
+            run.write_text(trial_file(position), json.dumps(
+                {"losses": result["losses"].tolist(), "seconds": result["seconds"]}))
 
     return run_windowed(lambda subset: remote.remote(*shared, subset, config, seed), subsets,
                         usable_workers(config.ray), description, finished, on_result)

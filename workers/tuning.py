@@ -72,21 +72,22 @@ def _read_result(result: tune.Result) -> dict:
 
 
 def train_group_trials(taskset: TaskSet, jobs: list[GroupJob], config: RunConfig,
-                       storage: Path, name: str, description: str) -> list[dict]:
+                       storage: str, name: str, description: str) -> list[dict]:
     """For each job, the trial with the lowest validation loss over ``group_training.lrs``
     (its result dict, with the chosen ``lr``), in job order.
 
-    The experiment lives in ``storage/name``; when it exists from an interrupted attempt it
-    is restored, and trials that finished there are not run again.
+    The experiment lives in ``storage/name`` (a local path or a URI every node reaches); when
+    it exists from an interrupted attempt it is restored, and trials that finished there are
+    not run again.
     """
     options = config.group_training
     trainable = tune.with_resources(
         tune.with_parameters(_trial, taskset=taskset, jobs=jobs, config=config),
         {"cpu": options.num_cpus_per_trial, "gpu": options.num_gpus_per_trial})
-    path = storage.resolve() / name
+    path = f"{storage.rstrip('/')}/{name}"
     total = len(jobs) * len(options.lrs)
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -94,7 +95,7 @@ def train_group_trials(taskset: TaskSet, jobs: list[GroupJob], config: RunConfig
                          "lr": tune.grid_search(list(options.lrs))},
             tune_config=tune.TuneConfig(metric="val_loss", mode="min", reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage.resolve()), verbose=0,
+                name=name, storage_path=storage, verbose=0,
                 callbacks=[_ProgressBar(total, description)],
                 failure_config=tune.FailureConfig(max_failures=config.ray.max_retries)))
     grid = tuner.fit()
