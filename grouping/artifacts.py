@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import posixpath
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -95,6 +96,13 @@ class _RemoteCopy:
         stat = (local / name).stat()
         self.uploaded[name] = (stat.st_mtime_ns, stat.st_size)
 
+    def remove(self, folder: str) -> None:
+        target = f"{self.root}/{folder}"
+        if self.filesystem.get_file_info(target).type != pafs.FileType.NotFound:
+            self.filesystem.delete_dir(target)
+        self.uploaded = {name: stamp for name, stamp in self.uploaded.items()
+                         if not name.startswith(f"{folder}/")}
+
     def upload_changed(self, local: Path) -> None:
         for path in sorted(local.rglob("*")):
             name = path.relative_to(local).as_posix()
@@ -145,6 +153,12 @@ class RunDirectory:
         atomic_write_bytes(self.file(name), data)
         if self.remote is not None:
             self.remote.upload(self.path, name)
+
+    def remove(self, folder: str) -> None:
+        """Delete a folder of the run (locally and at the URI)."""
+        shutil.rmtree(self.file(folder), ignore_errors=True)
+        if self.remote is not None:
+            self.remote.remove(folder)
 
     def publish(self) -> None:
         """Upload files written into the local copy by other code (the report renderer)."""
@@ -209,3 +223,25 @@ class RunDirectory:
 
     def stage_seconds(self) -> dict[str, float]:
         return {name: record["seconds"] for name, record in self.manifest["stages"].items()}
+
+
+class ShardStore:
+    """Finished shards of a stage that is still running (arrays per shard, saved as each
+    shard finishes), so that a resumed stage computes only the shards it lacks."""
+
+    def __init__(self, run: RunDirectory, folder: str) -> None:
+        self.run, self.folder = run, folder
+
+    def _name(self, key: int) -> str:
+        return f"{self.folder}/{key}.npz"
+
+    def load(self, key: int) -> dict[str, np.ndarray] | None:
+        name = self._name(key)
+        return self.run.load_arrays(name) if self.run.file(name).is_file() else None
+
+    def save(self, key: int, **arrays: np.ndarray) -> None:
+        self.run.save_arrays(self._name(key), **arrays)
+
+    def clear(self) -> None:
+        """Drop the shards once the stage's own files are written."""
+        self.run.remove(self.folder)

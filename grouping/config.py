@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,71 @@ class SnapTaskSet(_Strict):
     splits: Splits = Splits()
 
 
-TaskSetConfig = Annotated[SBMTaskSet | SnapTaskSet, Field(discriminator="kind")]
+class TableTaskSet(_Strict):
+    """A multi-label table, CSV or ARFF by the file's suffix (grouping.tasksets.table): every
+    label column is a binary task, every other column a numeric feature.
+
+    The label columns are named by exactly one of ``labels`` (column names), ``first_labels``
+    or ``last_labels`` (a count, by position in the data rows). The graph-only ``features``
+    section does not apply.
+    """
+
+    kind: Literal["table"]
+    path: Path
+    labels: list[str] | None = Field(None, min_length=1)
+    first_labels: int | None = Field(None, ge=1)
+    last_labels: int | None = Field(None, ge=1)
+    splits: Splits = Splits()
+
+    @model_validator(mode="after")
+    def _one_label_selector(self) -> TableTaskSet:
+        given = [self.labels, self.first_labels, self.last_labels]
+        if sum(choice is not None for choice in given) != 1:
+            raise ValueError("name the label columns with exactly one of labels, "
+                             "first_labels or last_labels")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must not repeat a column")
+        if self.file_format not in ("csv", "arff"):
+            raise ValueError(f"path must end in .csv or .arff (optionally .gz): {self.path}")
+        return self
+
+    @property
+    def file_format(self) -> str:
+        """``csv`` or ``arff`` (from the suffix, ignoring a final ``.gz``)."""
+        return self.path.name.lower().removesuffix(".gz").rpartition(".")[2]
+
+    @property
+    def num_tasks(self) -> int:
+        if self.labels is not None:
+            return len(self.labels)
+        return self.first_labels or self.last_labels
+
+
+class PythonTaskSet(_Strict):
+    """A task set made by the user's function (grouping.tasksets.custom).
+
+    ``builder`` is ``"package.module:function"``; it is called as ``function(seed, **params)``
+    and must return a :class:`grouping.tasksets.TaskSet` with exactly ``num_tasks`` tasks
+    (declared here so that the other sections can be checked before anything is built). The
+    graph-only ``features`` section does not apply.
+    """
+
+    kind: Literal["python"]
+    builder: str
+    params: dict[str, Any] = {}
+    num_tasks: int = Field(ge=2)
+
+    @field_validator("builder")
+    @classmethod
+    def _module_and_function(cls, builder: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", builder):
+            raise ValueError(f"expected 'package.module:function', found {builder!r}")
+        return builder
+
+
+TASKSET_KINDS = ("sbm", "snap", "table", "python")
+TaskSetConfig = Annotated[SBMTaskSet | SnapTaskSet | TableTaskSet | PythonTaskSet,
+                          Field(discriminator="kind")]
 
 
 class FeaturesConfig(_Strict):
@@ -260,7 +325,7 @@ class RunConfig(_Strict):
 
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"] if str(part) not in ("sbm", "snap"))
+    location = ".".join(str(part) for part in first["loc"] if str(part) not in TASKSET_KINDS)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
@@ -287,7 +352,12 @@ def _check_files(config: RunConfig) -> None:
     if isinstance(config.taskset, SnapTaskSet):
         paths += [("taskset.edges", config.taskset.edges),
                   ("taskset.communities", config.taskset.communities)]
+    if isinstance(config.taskset, TableTaskSet):
+        paths.append(("taskset.path", config.taskset.path))
     if config.features.path is not None:
+        if isinstance(config.taskset, TableTaskSet | PythonTaskSet):
+            raise ConfigError(f"features.path: the features section applies to graph task "
+                              f"sets; a {config.taskset.kind} task set brings its own features")
         paths.append(("features.path", config.features.path))
     for field, path in paths:
         if not path.is_file():

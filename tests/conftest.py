@@ -12,7 +12,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def ray_session():
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

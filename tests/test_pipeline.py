@@ -168,6 +168,41 @@ def test_interrupted_group_training_restores_the_tune_experiment(finished, tmp_p
             == finished.read_json("comparison.json"))
 
 
+def test_a_killed_driver_resumes_from_the_finished_shards_of_its_stage(finished, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    data = small_sbm_config(ray={"num_workers": 1, "subsets_per_batch": 8})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(data))
+    output = tmp_path / "killed-driver"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "run_grouping.py"
+    driver = subprocess.Popen([sys.executable, str(script), "--config", str(tmp_path / "run.yaml"),
+                               "--output", str(output)], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(list(output.glob("shards/surrogates-*/*.npz"))) < 3:
+        assert driver.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    shard = sorted(output.glob("shards/surrogates-*/*.npz"))[0]
+    with np.load(shard) as saved:
+        marked = saved["losses"] + 1000.0  # a reused shard keeps the mark; a refit loses it
+    np.savez(shard, losses=marked)
+    Pipeline(parse_config(data), RunDirectory(output, resume=True), resume=True).execute()
+    losses = np.load(output / "subset_losses.npz")["losses"]
+    expected = finished.load_arrays("subset_losses.npz")["losses"].copy()
+    batch = int(shard.stem)
+    expected[batch * 8:(batch + 1) * 8] += 1000.0
+    assert np.array_equal(losses, expected)
+    assert not list(output.glob("shards/surrogates-*"))
+
+
 def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finished, tmp_path):
     run = _run(tmp_path, "true-method", affinity={"method": "true"})
     assert "gradients" not in run.read_json("manifest.json")["stages"]

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from grouping.affinity.gradients import output_gradients
 from grouping.affinity.projection import dense_projection
+from grouping.artifacts import ShardStore
 from grouping.config import RayConfig
 from grouping.models import ModelSpec, restore_model
 from workers.runtime import usable_workers, worker_threads
@@ -44,26 +45,41 @@ class GradientWorker:
 
 def compute_gradient_features(spec: ModelSpec, state: dict, features: np.ndarray,
                               examples: np.ndarray, tasks: np.ndarray, dim: int, seed: int,
-                              config: RayConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Base logits [R] and projected gradients [R, dim] of rows (examples[r], tasks[r])."""
+                              config: RayConfig,
+                              shards: ShardStore | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Base logits [R] and projected gradients [R, dim] of rows (examples[r], tasks[r]).
+
+    With ``shards``, each finished chunk is saved at once and chunks saved by an interrupted
+    attempt are read back instead of being computed again.
+    """
+    f0 = np.empty(len(examples), np.float32)
+    projected = np.empty((len(examples), dim), np.float32)
+    bounds = list(range(0, len(examples), config.chunk_rows))
+    todo = []
+    for start in bounds:
+        saved = shards.load(start) if shards is not None else None
+        if saved is None:
+            todo.append(start)
+        else:
+            f0[start:start + len(saved["f0"])] = saved["f0"]
+            projected[start:start + len(saved["f0"])] = saved["gradients"]
     actor_class = ray.remote(GradientWorker).options(
         num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker,
         max_restarts=config.max_retries, max_task_retries=config.max_retries)
     state = {name: tensor.cpu() for name, tensor in state.items()}
     shared = [ray.put(value) for value in (spec, state, features)]
-    bounds = list(range(0, len(examples), config.chunk_rows))
     actors = [actor_class.remote(shared, dim, seed, worker_threads(config.num_cpus_per_worker))
-              for _ in range(min(usable_workers(config), len(bounds)))]
-    pool = ActorPool(actors)
+              for _ in range(min(usable_workers(config), len(todo)))]
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])
-              for start in bounds]
-    f0 = np.empty(len(examples), np.float32)
-    projected = np.empty((len(examples), dim), np.float32)
-    results = pool.map(lambda actor, chunk: actor.compute.remote(*chunk), chunks)
-    for start, (chunk_f0, chunk_g) in tqdm(zip(bounds, results), total=len(bounds),
+              for start in todo]
+    results = ActorPool(actors).map(lambda actor, chunk: actor.compute.remote(*chunk), chunks)
+    for start, (chunk_f0, chunk_g) in tqdm(zip(todo, results), total=len(bounds),
+                                           initial=len(bounds) - len(todo),
                                            desc="gradient features", unit="chunk"):
         f0[start:start + len(chunk_f0)] = chunk_f0
         projected[start:start + len(chunk_f0)] = chunk_g
+        if shards is not None:
+            shards.save(start, f0=chunk_f0, gradients=chunk_g)
     for actor in actors:
         ray.kill(actor)
     return f0, projected

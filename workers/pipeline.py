@@ -15,7 +15,7 @@ from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.rows import RowTable, build_rows
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
 from grouping.affinity.true_affinity import validation_losses
-from grouping.artifacts import RunDirectory
+from grouping.artifacts import RunDirectory, ShardStore
 from grouping.clustering import choose_num_groups, random_groups, sdp_groups, spectral_groups
 from grouping.config import ConfigError, RunConfig, dump_config
 from grouping.dmtg import dmtg_memory_bytes
@@ -114,12 +114,20 @@ class Pipeline:
         options = self.config.affinity
         rows = build_rows(self.taskset, options.max_negatives, self.config.seed)
         spec, state = self._load_base()
+        shards = self._shards("gradients", self.config.ray.chunk_rows)
         f0, projected = compute_gradient_features(
             spec, state, self.taskset.features, rows.example, rows.task,
-            options.projection_dim, self.config.seed, self.config.ray)
+            options.projection_dim, self.config.seed, self.config.ray, shards)
         self.run.save_arrays("gradients/rows.npz", **rows.as_dict())
         self.run.save_array("gradients/f0.npy", f0)
         self.run.save_array("gradients/features.npy", projected)
+        shards.clear()
+
+    def _shards(self, stage: str, shard_size: int) -> ShardStore:
+        """Where a stage keeps its finished shards until it completes: named by the digest
+        of its inputs and the shard size, so only shards of the same work are reused."""
+        digest = self.config.digest(*ESTIMATE_SECTIONS)
+        return ShardStore(self.run, f"shards/{stage}-{digest}-{shard_size}")
 
     def _subsets(self) -> np.ndarray:
         """The sampled subsets of the affinity estimate, [m, s]."""
@@ -139,11 +147,13 @@ class Pipeline:
     def _surrogates(self) -> None:
         subsets = self._subsets()
         rows = RowTable(**self.run.load_arrays("gradients/rows.npz"))
+        shards = self._shards("surrogates", self.config.ray.subsets_per_batch)
         losses = compute_subset_losses(
             subsets, rows, self.run.load_array("gradients/f0.npy"),
             self.run.load_array("gradients/features.npy", mmap=True), self.config.affinity,
-            self.config.ray)
+            self.config.ray, shards)
         self._save_subset_losses(subsets, losses, "estimated_loss")
+        shards.clear()
 
     def _fine_tune(self, subsets: np.ndarray, seed: int, description: str) -> list[dict]:
         """True fine-tuning of θ0 on each subset. Each finished trial persists under a

@@ -9,6 +9,7 @@ import torch
 
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import subset_losses
+from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
 from workers.progress import run_windowed
 from workers.runtime import usable_workers, worker_threads
@@ -23,14 +24,24 @@ def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: n
 
 def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
                           gradients: np.ndarray, options: AffinityConfig,
-                          config: RayConfig) -> np.ndarray:
-    """f̂(S, i) for every subset: [m, s]."""
+                          config: RayConfig, shards: ShardStore | None = None) -> np.ndarray:
+    """f̂(S, i) for every subset: [m, s]. With ``shards``, each finished batch is saved at
+    once and batches saved by an interrupted attempt are read back, not fitted again."""
     remote = ray.remote(_fit_batch).options(
         num_cpus=config.num_cpus_per_worker, max_retries=config.max_retries)
     shared = [ray.put(value) for value in (rows, f0, gradients)]
     threads = worker_threads(config.num_cpus_per_worker)
     batches = [subsets[start:start + config.subsets_per_batch]
                for start in range(0, len(subsets), config.subsets_per_batch)]
+    finished, on_result = {}, None
+    if shards is not None:
+        saved = {number: shards.load(number) for number in range(len(batches))}
+        finished = {number: arrays["losses"] for number, arrays in saved.items() if arrays}
+
+        def on_result(number: int, losses: np.ndarray) -> None:
+            shards.save(number, losses=losses)
+
     results = run_windowed(lambda batch: remote.remote(batch, *shared, options, threads),
-                           batches, usable_workers(config), "surrogate fits")
+                           batches, usable_workers(config), "surrogate fits", finished,
+                           on_result)
     return np.concatenate(results)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from grouping.config import ConfigError, RunConfig, SBMTaskSet
+from grouping.config import ConfigError, PythonTaskSet, RunConfig, SBMTaskSet, TableTaskSet
 from grouping.tasksets.base import TEST, TRAIN, VAL, TaskSet
+from grouping.tasksets.custom import build_custom
 from grouping.tasksets.features import fastrp, sign_features, standardize, symmetric_adjacency
 from grouping.tasksets.graph import CommunityGraph
 from grouping.tasksets.sbm import generate_sbm
 from grouping.tasksets.snap import load_snap
+from grouping.tasksets.table import load_table
 
 __all__ = ["TEST", "TRAIN", "VAL", "TaskSet", "build_taskset", "graph_taskset"]
 
@@ -31,7 +33,12 @@ def graph_taskset(graph: CommunityGraph, config: RunConfig) -> TaskSet:
 
 
 def build_taskset(config: RunConfig) -> TaskSet:
-    """Build the task set a run config names."""
+    """Build the task set a run config names. Tables and custom builders bring their own
+    features; only graph task sets go through the ``features`` section (FastRP, SIGN)."""
+    if isinstance(config.taskset, TableTaskSet):
+        return load_table(config.taskset, config.seed)
+    if isinstance(config.taskset, PythonTaskSet):
+        return build_custom(config.taskset, config.seed)
     if isinstance(config.taskset, SBMTaskSet):
         graph = generate_sbm(config.taskset, config.seed)
     else:
