@@ -85,13 +85,14 @@ class _RemoteCopy:
             stat = (local / name).stat()
             self.uploaded[name] = (stat.st_mtime_ns, stat.st_size)
 
-    def upload(self, local: Path, name: str) -> None:
+    def upload(self, local: Path, name: str, data: bytes) -> None:
+        """Put ``data``, the contents of ``local / name``, at the URI under ``name``."""
         target = f"{self.root}/{name}"
         folder = posixpath.dirname(target)
         temporary = f"{folder}/.{posixpath.basename(target)}.partial"
         self.filesystem.create_dir(folder, recursive=True)
         with self.filesystem.open_output_stream(temporary) as stream:
-            stream.write((local / name).read_bytes())
+            stream.write(data)
         self.filesystem.move(temporary, target)
         stat = (local / name).stat()
         self.uploaded[name] = (stat.st_mtime_ns, stat.st_size)
@@ -109,7 +110,7 @@ class _RemoteCopy:
             if path.is_file() and not path.name.startswith("."):
                 stat = path.stat()
                 if self.uploaded.get(name) != (stat.st_mtime_ns, stat.st_size):
-                    self.upload(local, name)
+                    self.upload(local, name, path.read_bytes())
 
 
 class RunDirectory:
@@ -152,7 +153,7 @@ class RunDirectory:
         """Write one file atomically (and upload it when the run lives at a URI)."""
         atomic_write_bytes(self.file(name), data)
         if self.remote is not None:
-            self.remote.upload(self.path, name)
+            self.remote.upload(self.path, name, data)
 
     def remove(self, folder: str) -> None:
         """Delete a folder of the run (locally and at the URI)."""

@@ -186,6 +186,20 @@ def dmtg_memory_bytes(spec_or_dims: ModelSpec | Sequence[int], num_tasks: int,
     return FLOAT_BYTES * floats
 
 
+def check_memory(taskset: TaskSet, spec: ModelSpec, num_branches: int, batch_size: int,
+                 limit_gib: float) -> None:
+    """Raise ValueError, naming ``dmtg.max_memory_gib``, when :func:`dmtg_memory_bytes` of a
+    search with ``num_branches`` branches on ``taskset`` exceeds ``limit_gib``."""
+    estimate = dmtg_memory_bytes(spec, taskset.num_tasks, num_branches, batch_size,
+                                 taskset.num_examples, taskset.features.shape[1])
+    if estimate > limit_gib * 2**30:
+        raise ValueError(
+            f"dmtg.max_memory_gib: DMTG with K={num_branches} branches and "
+            f"N={taskset.num_tasks} tasks needs an estimated {estimate / 2**30:.3f} GiB, above "
+            f"the limit of {limit_gib} GiB; lower the number of groups or batch_size, raise "
+            "max_memory_gib, or set dmtg.enabled: false")
+
+
 def read_groups(branch_logits: np.ndarray) -> list[list[int]]:
     """Task i to branch argmax_k S_ik; empty branches dropped; groups ordered by first task."""
     assignment = np.asarray(branch_logits).argmax(axis=1)
@@ -299,13 +313,7 @@ def search_groups(taskset: TaskSet, spec: ModelSpec, num_groups: int, train: Tra
     num_tasks = taskset.num_tasks
     if num_groups < 1:
         raise ValueError(f"DMTG needs at least one branch, got num_groups={num_groups}")
-    estimate = dmtg_memory_bytes(spec, num_tasks, num_groups, train.batch_size,
-                                 taskset.num_examples, taskset.features.shape[1])
-    if estimate > dmtg.max_memory_gib * 2**30:
-        raise ValueError(
-            f"DMTG with K={num_groups} branches and N={num_tasks} tasks needs an estimated "
-            f"{estimate / 2**30:.3f} GiB, above dmtg.max_memory_gib={dmtg.max_memory_gib}; "
-            "lower num_groups or batch_size, or raise max_memory_gib")
+    check_memory(taskset, spec, num_groups, train.batch_size, dmtg.max_memory_gib)
     spec = replace(spec, num_heads=num_tasks)
     num_epochs = dmtg.max_epochs or train.max_epochs
     forked = [device] if device.type == "cuda" else []

@@ -7,6 +7,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from grouping.clustering import (
     choose_num_groups,
+    groups_to_labels,
     random_groups,
     sdp_groups,
     solve_sdp,
@@ -25,18 +26,11 @@ def _planted(sizes: list[int], noise: float, seed: int) -> tuple[np.ndarray, np.
     return affinity[np.ix_(order, order)], labels[order]
 
 
-def _labels(groups: list[list[int]], size: int) -> np.ndarray:
-    labels = np.full(size, -1)
-    for number, group in enumerate(groups):
-        labels[group] = number
-    return labels
-
-
 def test_sdp_recovers_planted_groups_of_unequal_size():
     affinity, truth = _planted([6, 4, 8, 5], noise=0.3, seed=0)
     groups = sdp_groups(affinity, 4, "SCS", seed=0)
     assert sorted(task for group in groups for task in group) == list(range(len(truth)))
-    assert adjusted_rand_score(truth, _labels(groups, len(truth))) == 1.0
+    assert adjusted_rand_score(truth, groups_to_labels(groups, len(truth))) == 1.0
 
 
 def test_sdp_solution_satisfies_the_constraints():
@@ -57,7 +51,7 @@ def test_auto_rule_finds_the_planted_number_of_groups():
 def test_spectral_and_random_baselines_partition_the_tasks():
     affinity, truth = _planted([5, 5, 5], noise=0.2, seed=4)
     spectral = spectral_groups(affinity, 3, seed=0)
-    assert adjusted_rand_score(truth, _labels(spectral, 15)) == 1.0
+    assert adjusted_rand_score(truth, groups_to_labels(spectral, 15)) == 1.0
     groups = random_groups([5, 7, 3], 15, seed=0)
     assert sorted(len(group) for group in groups) == [3, 5, 7]
     assert sorted(task for group in groups for task in group) == list(range(15))

@@ -16,9 +16,15 @@ from grouping.affinity.rows import RowTable, build_rows
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
 from grouping.affinity.true_affinity import validation_losses
 from grouping.artifacts import RunDirectory, ShardStore
-from grouping.clustering import choose_num_groups, random_groups, sdp_groups, spectral_groups
+from grouping.clustering import (
+    choose_num_groups,
+    groups_to_labels,
+    random_groups,
+    sdp_groups,
+    spectral_groups,
+)
 from grouping.config import ConfigError, RunConfig, dump_config
-from grouping.dmtg import dmtg_memory_bytes
+from grouping.dmtg import check_memory
 from grouping.evaluation.comparison import Plan, comparison_row
 from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.report import write_report
@@ -34,13 +40,6 @@ from workers.tuning import GroupJob, train_group_trials
 BASE_SECTIONS = ("seed", "taskset", "features", "model", "train")
 ESTIMATE_SECTIONS = (*BASE_SECTIONS, "affinity")
 TRUE_SECTIONS = (*ESTIMATE_SECTIONS, "true_affinity")
-
-
-def _labels_of(groups: list[list[int]], num_tasks: int) -> np.ndarray:
-    labels = np.zeros(num_tasks, np.int64)
-    for number, group in enumerate(groups):
-        labels[group] = number
-    return labels
 
 
 class Pipeline:
@@ -238,16 +237,17 @@ class Pipeline:
         if self.true_groups:
             true, true_seconds = self._cluster(self.run.load_array("true_affinity.npy"),
                                                num_groups)
+            agreement = adjusted_rand_score(groups_to_labels(true, num_tasks),
+                                            groups_to_labels(chosen, num_tasks))
             record.update(true_groups=true, true_clustering_seconds=true_seconds,
-                          ari_estimated_vs_true=float(adjusted_rand_score(
-                              _labels_of(true, num_tasks), _labels_of(chosen, num_tasks))))
+                          ari_estimated_vs_true=float(agreement))
         if self.taskset.families is not None:
             record["planted_families"] = self.taskset.families.tolist()
             for key, groups in (("ari_planted", chosen), ("ari_planted_spectral", spectral),
                                 ("ari_planted_true", record.get("true_groups"))):
                 if groups is not None:
                     record[key] = float(adjusted_rand_score(self.taskset.families,
-                                                            _labels_of(groups, num_tasks)))
+                                                            groups_to_labels(groups, num_tasks)))
         self.run.write_json("groups.json", record)
 
     def _model_spec(self) -> ModelSpec:
@@ -261,14 +261,11 @@ class Pipeline:
         """Refuse before any stage runs when DMTG could not fit (at the largest k allowed)."""
         k = self.config.clustering.num_groups
         branches = self._dmtg_branches(self.config.clustering.max_groups if k == "auto" else k)
-        needed = dmtg_memory_bytes(self._model_spec(), self.taskset.num_tasks, branches,
-                                   self.config.train.batch_size, self.taskset.num_examples,
-                                   self.taskset.features.shape[1])
-        if needed > self.config.dmtg.max_memory_gib * 2**30:
-            raise ConfigError(
-                f"dmtg.max_memory_gib: DMTG with {branches} branches and "
-                f"{self.taskset.num_tasks} tasks needs about {needed / 2**30:.2f} GiB; raise "
-                "the limit, lower the number of groups, or set dmtg.enabled: false")
+        try:
+            check_memory(self.taskset, self._model_spec(), branches,
+                         self.config.train.batch_size, self.config.dmtg.max_memory_gib)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def _dmtg(self) -> None:
         groups = self.run.read_json("groups.json")["num_groups"]

@@ -38,6 +38,14 @@ def labels_to_groups(labels: np.ndarray) -> list[list[int]]:
     return sorted(groups, key=lambda group: group[0])
 
 
+def groups_to_labels(groups: list[list[int]], num_tasks: int) -> np.ndarray:
+    """Groups of task ids → one cluster label per task (the group's position)."""
+    labels = np.full(num_tasks, -1)
+    for number, group in enumerate(groups):
+        labels[group] = number
+    return labels
+
+
 def choose_num_groups(affinity: np.ndarray, max_groups: int) -> int:
     """The k = auto rule: the largest eigengap of the normalised Laplacian of the positive part
     of T (von Luxburg, "A Tutorial on Spectral Clustering", 2007, Sec. 8.3), k in 2..max_groups.
