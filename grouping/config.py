@@ -134,9 +134,51 @@ class PythonTaskSet(_Strict):
         return builder
 
 
-TASKSET_KINDS = ("sbm", "snap", "table", "python")
-TaskSetConfig = Annotated[SBMTaskSet | SnapTaskSet | TableTaskSet | PythonTaskSet,
-                          Field(discriminator="kind")]
+class InstructionFields(_Strict):
+    """Field names of a JSONL instruction record."""
+
+    task: str = "task"
+    instruction: str = "definition"
+    input: str = "input"
+    output: str = "output"
+    split: str = "split"
+
+
+class InstructionsTaskSet(_Strict):
+    """Instruction tasks for a language model (grouping.tasksets.instructions).
+
+    ``source: generated`` builds the seeded offline suite (``num_families`` skills of at most
+    10, ``tasks_per_family`` instructions of at most 6 per skill); ``source: jsonl`` reads
+    ``path`` (a .jsonl file, or a folder with one .jsonl file per task) and keeps the
+    ``num_tasks`` tasks with the most examples. Splits apply where records carry none.
+    """
+
+    kind: Literal["instructions"]
+    source: Literal["generated", "jsonl"] = "generated"
+    path: Path | None = None
+    fields: InstructionFields = InstructionFields()
+    num_tasks: int = Field(50, ge=2)
+    num_families: int = Field(10, ge=1, le=10)
+    tasks_per_family: int = Field(5, ge=1, le=6)
+    examples_per_task: int = Field(40, ge=4)
+    answer_noise: float = Field(0.0, ge=0, lt=1)
+    splits: Splits = Splits(train=0.5, val=0.25)
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> InstructionsTaskSet:
+        if self.source == "jsonl" and self.path is None:
+            raise ValueError("path is required when source is 'jsonl'")
+        if self.source == "generated" and self.num_tasks != (
+                self.num_families * self.tasks_per_family):
+            raise ValueError(f"num_tasks must equal num_families × tasks_per_family "
+                             f"({self.num_families * self.tasks_per_family}) for the "
+                             f"generated suite")
+        return self
+
+
+TASKSET_KINDS = ("sbm", "snap", "table", "python", "instructions")
+TaskSetConfig = Annotated[SBMTaskSet | SnapTaskSet | TableTaskSet | PythonTaskSet
+                          | InstructionsTaskSet, Field(discriminator="kind")]
 
 
 class FeaturesConfig(_Strict):
@@ -161,6 +203,59 @@ class ModelConfig(_Strict):
 
     hidden: list[Annotated[int, Field(ge=1)]] = [8, 8]
     dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class LoRAConfig(_Strict):
+    """LoRA adapters (Hu et al., ICLR 2022) through PEFT: rank, scale α, dropout and the
+    module names they wrap."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(["q_proj", "v_proj", "up_proj", "down_proj"],
+                                      min_length=1)
+
+
+class ArchitectureConfig(_Strict):
+    """A small Llama-style causal LM built from this config (seeded) when no
+    ``name_or_path`` is given: for tests and the generated suite."""
+
+    hidden_size: int = Field(64, ge=8)
+    intermediate_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ArchitectureConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads")
+        return self
+
+
+class LanguageModelConfig(_Strict):
+    """The language model of instruction task sets, fine-tuned through LoRA only.
+
+    ``name_or_path``: a Hugging Face causal LM (or, with ``seq2seq``, an encoder-decoder)
+    read from a local folder, never downloaded; None builds ``architecture`` from the seed.
+    ``tokenizer``: ``char`` (the built-in character tokenizer) or ``model`` (the one saved
+    with ``name_or_path``). ``answer_logodds``: the output function is the log-odds of the
+    gold answer's ``first`` token or the ``mean`` over its tokens.
+    """
+
+    name_or_path: Path | None = None
+    seq2seq: bool = False
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    tokenizer: Literal["char", "model"] = "char"
+    lora: LoRAConfig = LoRAConfig()
+    answer_logodds: Literal["first", "mean"] = "mean"
+    max_length: int = Field(128, ge=8)
+
+    @model_validator(mode="after")
+    def _sources(self) -> LanguageModelConfig:
+        if self.name_or_path is None and (self.seq2seq or self.tokenizer == "model"):
+            raise ValueError("name_or_path is required for seq2seq models and for "
+                             "tokenizer 'model'")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -284,6 +379,7 @@ class RunConfig(_Strict):
     taskset: TaskSetConfig
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
+    language_model: LanguageModelConfig = LanguageModelConfig()
     train: TrainConfig = TrainConfig()
     affinity: AffinityConfig = AffinityConfig()
     true_affinity: TrueAffinityConfig = TrueAffinityConfig()
@@ -305,6 +401,12 @@ class RunConfig(_Strict):
             raise ValueError("true_affinity.enabled: the error report compares Grad-TAG's "
                              "estimate with true fine-tuning; affinity.method 'true' has no "
                              "estimate to compare")
+        if isinstance(self.taskset, InstructionsTaskSet) and self.dmtg.enabled:
+            raise ValueError("dmtg.enabled: DMTG branches a SIGN-MLP trunk; it is not "
+                             "available for instructions task sets (set dmtg.enabled: false)")
+        if isinstance(self.taskset, InstructionsTaskSet) and self.true_affinity.enabled:
+            raise ValueError("true_affinity.enabled: the error report is not available for "
+                             "instructions task sets yet (affinity.method 'true' is)")
         k = self.clustering.num_groups
         if k != "auto" and not 1 <= k <= num_tasks:
             raise ValueError(f"clustering.num_groups ({k}) must be between 1 and the number "
@@ -354,8 +456,15 @@ def _check_files(config: RunConfig) -> None:
                   ("taskset.communities", config.taskset.communities)]
     if isinstance(config.taskset, TableTaskSet):
         paths.append(("taskset.path", config.taskset.path))
+    instructions = config.taskset if isinstance(config.taskset, InstructionsTaskSet) else None
+    if instructions is not None and instructions.path and not instructions.path.exists():
+        raise ConfigError(f"taskset.path: not found: {instructions.path}")
+    model_path = config.language_model.name_or_path
+    if model_path is not None and not model_path.is_dir():
+        raise ConfigError(f"language_model.name_or_path: not a local model folder: "
+                          f"{model_path}")
     if config.features.path is not None:
-        if isinstance(config.taskset, TableTaskSet | PythonTaskSet):
+        if isinstance(config.taskset, TableTaskSet | PythonTaskSet | InstructionsTaskSet):
             raise ConfigError(f"features.path: the features section applies to graph task "
                               f"sets; a {config.taskset.kind} task set brings its own features")
         paths.append(("features.path", config.features.path))

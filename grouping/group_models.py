@@ -7,10 +7,11 @@ import time
 import numpy as np
 import torch
 
-from grouping.config import ModelConfig, TrainConfig
+from grouping.config import ModelConfig, RunConfig, TrainConfig
 from grouping.evaluation.metrics import task_metrics
+from grouping.lm_training import train_lm_group
 from grouping.models import ModelSpec, build_model
-from grouping.tasksets import TaskSet
+from grouping.tasksets import AnyTaskSet, InstructionTaskSet, TaskSet
 from grouping.training import predict, train_model
 
 
@@ -39,3 +40,15 @@ def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
             "best_val_loss": result.best_val_loss, "spec": spec,
             "state": {name: value.cpu() for name, value in result.state.items()},
             "dominance": result.dominance, "seconds": time.perf_counter() - start}
+
+
+def train_any_group(taskset: AnyTaskSet, tasks: list[int], config: RunConfig,
+                    train_config: TrainConfig, device: torch.device, optimizer: str = "adam",
+                    track_dominance: bool = False) -> dict:
+    """:func:`train_group` for graph and table task sets; one fresh LoRA adapter
+    (:func:`grouping.lm_training.train_lm_group`) for instruction task sets."""
+    if isinstance(taskset, InstructionTaskSet):
+        return train_lm_group(taskset, tasks, config.language_model, train_config, config.seed,
+                              device, optimizer)
+    return train_group(taskset, tasks, config.model, train_config, config.seed, device,
+                       optimizer, track_dominance, config.group_training.dominance_decay)

@@ -41,6 +41,16 @@ class TrainResult:
     val_curve: list[float]
     dominance: dict[str, float] | None = None
 
+    def record(self, epoch: int, loss: float,
+               snapshot: Callable[[], dict[str, torch.Tensor]]) -> bool:
+        """Add an epoch's validation loss to the curve; when it is the best so far, keep
+        ``snapshot()`` as the best state and return True."""
+        self.val_curve.append(loss)
+        if loss >= self.best_val_loss:
+            return False
+        self.state, self.best_epoch, self.best_val_loss = snapshot(), epoch, loss
+        return True
+
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return binary_cross_entropy_with_logits(logits, targets)
@@ -142,15 +152,10 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
             step(model(features[rows])[:, head_index], targets[rows])
-        current = val_loss()
-        best.val_curve.append(current)
-        if current < best.best_val_loss:
-            best.state = copy.deepcopy(model.state_dict())
-            best.best_epoch, best.best_val_loss, since_best = epoch, current, 0
-        else:
-            since_best += 1
-            if keep_best and since_best >= config.patience:
-                break
+        improved = best.record(epoch, val_loss(), lambda: copy.deepcopy(model.state_dict()))
+        since_best = 0 if improved else since_best + 1
+        if keep_best and since_best >= config.patience:
+            break
     if keep_best:
         model.load_state_dict(best.state)
     if tracker is not None:

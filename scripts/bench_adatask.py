@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,25 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from timing import median_seconds  # noqa: E402
+
 from grouping.config import TrainConfig  # noqa: E402
 from grouping.models import ModelSpec, build_model  # noqa: E402
 from grouping.optim import task_gradients  # noqa: E402
 from grouping.training import make_step, resolve_device  # noqa: E402
-
-
-def _median_seconds(functions: dict[str, Callable[[], object]], repeats: int,
-                    device: torch.device) -> dict[str, float]:
-    """Median wall time of each function, called in interleaved rounds after one warm-up."""
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for round_number in range(repeats + 1):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_number:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench(num_heads: int, batch_size: int, repeats: int, device: torch.device) -> dict:
@@ -71,7 +56,7 @@ def bench(num_heads: int, batch_size: int, repeats: int, device: torch.device) -
     def step(name: str) -> Callable[[], object]:
         return lambda: steps[name](models[name](features), targets)
 
-    seconds = _median_seconds({"gradients_loop": gradients("loop"),
+    seconds = median_seconds({"gradients_loop": gradients("loop"),
                                "gradients_vmap": gradients("vmap"),
                                "step_adam": step("adam"),
                                "step_adatask_adam": step("adatask_adam")}, repeats, device)

@@ -8,6 +8,7 @@ import torch
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
+from grouping.affinity import surrogate
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import (
     fit_logistic_offset,
@@ -85,3 +86,107 @@ def test_subset_losses_are_validation_losses_of_each_task():
         expected = weighted_task_losses(f0[val] + gradients[val] @ weights, labels[val],
                                         np.ones(len(val)), [slice(0, len(val))])[0]
         assert losses[0, position] == pytest.approx(expected, rel=1e-9)
+
+
+def _row_table(rng: np.random.Generator, num_tasks: int, dim: int):
+    """A row table with tasks of different sizes and weights, its base logits and its float32
+    gradient features drawn from a planted logistic model."""
+    lengths = rng.integers(40, 90, size=(num_tasks, 2))
+    ends = np.cumsum(lengths.ravel()).reshape(num_tasks, 2)
+    offsets = np.column_stack([ends[:, 1] - lengths.sum(1), ends[:, 0], ends[:, 1]])
+    count = int(ends[-1, 1])
+    task = np.repeat(np.arange(num_tasks), lengths.sum(1))
+    split = np.concatenate([np.repeat([0, 1], pair) for pair in lengths]).astype(np.int8)
+    gradients = rng.normal(size=(count, dim)).astype(np.float32)
+    f0 = rng.normal(size=count).astype(np.float32)
+    truth = (rng.normal(size=dim) + 0.5 * rng.normal(size=(num_tasks, dim))) / dim ** 0.5
+    logits = f0 + np.einsum("rd,rd->r", gradients, truth[task])
+    labels = (rng.random(count) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+    weights = rng.choice([1.0, 3.0], size=count).astype(np.float32)
+    rows = RowTable(np.arange(count), task, split, labels, weights, offsets)
+    return rows, f0, gradients
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_float32_features_match_float64():
+    rng = np.random.default_rng(4)
+    rows, f0, gradients = _row_table(rng, 8, 16)
+    subsets = np.array([[0, 1, 2], [3, 5, 7], [1, 4, 6]])
+    exact = subset_losses(subsets, rows, f0, gradients, l2=0.05)
+    fast = subset_losses(subsets, rows, f0, gradients, l2=0.05, dtype=torch.float32)
+    assert np.allclose(fast, exact, rtol=1e-3, atol=0)
+
+
+def test_float32_stops_at_its_resolution(monkeypatch):
+    rng = np.random.default_rng(5)
+    problems = [_problem(rng, rows, 20) for rows in (300, 400)]
+    steps = []
+    newton_direction = surrogate._newton_direction
+
+    def counted(*args):
+        steps.append(1)
+        return newton_direction(*args)
+
+    monkeypatch.setattr(surrogate, "_newton_direction", counted)
+    fast = fit_logistic_offset(pad_problems(problems, torch.float32), 0.05, tolerance=1e-14)
+    assert len(steps) < 15
+    exact = fit_logistic_offset(pad_problems(problems), 0.05, tolerance=1e-12)
+    assert torch.allclose(fast, exact, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_subset_losses_on_a_device_match_the_cpu(device):
+    rng = np.random.default_rng(6)
+    rows, f0, gradients = _row_table(rng, 6, 12)
+    subsets = np.array([[0, 2, 4], [1, 3, 5]])
+    expected = subset_losses(subsets, rows, f0, gradients, l2=0.1)
+    losses = subset_losses(subsets, rows, f0, gradients, l2=0.1, device=torch.device(device))
+    assert np.allclose(losses, expected, rtol=1e-6, atol=0)
+    problems = [_problem(rng, count, 12, offset_scale=1.0) for count in (200, 150)]
+    fitted = fit_logistic_offset(pad_problems(problems, device=device), 0.1)
+    assert fitted.device.type == device
+    assert torch.allclose(fitted.cpu(), fit_logistic_offset(pad_problems(problems), 0.1),
+                          rtol=1e-6, atol=1e-9)
+
+
+def test_groups_of_subsets_do_not_change_the_losses(monkeypatch):
+    rng = np.random.default_rng(7)
+    rows, f0, gradients = _row_table(rng, 8, 10)
+    subsets = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [5, 6, 7], [0, 3, 7]])
+    together = subset_losses(subsets, rows, f0, gradients, l2=0.1)
+    monkeypatch.setattr(surrogate, "CPU_CHUNK_BYTES", 1)
+    alone = subset_losses(subsets, rows, f0, gradients, l2=0.1)
+    assert np.allclose(alone, together, rtol=1e-9, atol=0)
+
+
+class _RecordedRows:
+    """An array that records the row indices it is read at."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.read = array, []
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    def __getitem__(self, index):
+        self.read.append(np.asarray(index))
+        return self.array[index]
+
+
+def test_subset_losses_read_only_their_rows_of_a_memory_map(tmp_path):
+    rng = np.random.default_rng(8)
+    rows, f0, gradients = _row_table(rng, 6, 8)
+    subsets = np.array([[1, 4], [0, 4]])
+    used = np.concatenate([rows.rows_of(np.unique(subsets), split) for split in (0, 1)])
+    poisoned = np.full_like(gradients, np.nan)
+    poisoned[used] = gradients[used]
+    np.save(tmp_path / "features.npy", poisoned)
+    mapped = np.load(tmp_path / "features.npy", mmap_mode="r")
+    recorded = _RecordedRows(mapped)
+    losses = subset_losses(subsets, rows, f0, recorded, l2=0.1)
+    assert np.isin(np.concatenate(recorded.read), used).all()
+    assert np.array_equal(losses, subset_losses(subsets, rows, f0, mapped, l2=0.1))
+    assert np.allclose(losses, subset_losses(subsets, rows, f0, gradients, l2=0.1), rtol=1e-12)

@@ -13,16 +13,17 @@ import torch
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from grouping.affinity.gradients import output_gradients
-from grouping.affinity.projection import dense_projection
+from grouping.affinity.computers import GradientComputer
 from grouping.artifacts import ShardStore
 from grouping.config import RayConfig
-from grouping.models import ModelSpec, restore_model
+from grouping.models import Spec
+from grouping.tasksets import AnyTaskSet
 from workers.runtime import usable_workers, worker_threads
 
 
 class GradientWorker:
-    """Holds the base model, the node features and the projection; computes chunks of rows.
+    """Holds a gradient computer (the base model, loaded once per actor, its inputs and the
+    projection); computes chunks of rows.
 
     The shared inputs come as object references inside a list, fetched here, so that a
     restarted actor fetches them again while the driver keeps them alive.
@@ -30,20 +31,14 @@ class GradientWorker:
 
     def __init__(self, shared: list[ray.ObjectRef], dim: int, seed: int, threads: int) -> None:
         torch.set_num_threads(threads)
-        spec, state, features = ray.get(shared)
-        self.model = restore_model(spec, state)
-        self.features = torch.tensor(features)
-        shapes = {name: param.shape for name, param in self.model.named_parameters()}
-        self.projection = dense_projection(shapes, dim, seed)
+        spec, state, taskset = ray.get(shared)
+        self.computer = GradientComputer(spec, state, taskset, dim, seed)
 
     def compute(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f0, projected = output_gradients(self.model, self.projection,
-                                         self.features[torch.tensor(examples)],
-                                         torch.tensor(tasks))
-        return f0.numpy(), projected.numpy()
+        return self.computer(examples, tasks)
 
 
-def compute_gradient_features(spec: ModelSpec, state: dict, features: np.ndarray,
+def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
                               examples: np.ndarray, tasks: np.ndarray, dim: int, seed: int,
                               config: RayConfig,
                               shards: ShardStore | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +62,7 @@ def compute_gradient_features(spec: ModelSpec, state: dict, features: np.ndarray
         num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_worker,
         max_restarts=config.max_retries, max_task_retries=config.max_retries)
     state = {name: tensor.cpu() for name, tensor in state.items()}
-    shared = [ray.put(value) for value in (spec, state, features)]
+    shared = [ray.put(value) for value in (spec, state, taskset)]
     actors = [actor_class.remote(shared, dim, seed, worker_threads(config.num_cpus_per_worker))
               for _ in range(min(usable_workers(config), len(todo)))]
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])

@@ -14,7 +14,7 @@ from torch import nn
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.rows import RowTable, build_rows
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
-from grouping.affinity.true_affinity import validation_losses
+from grouping.affinity.true_affinity import base_losses
 from grouping.artifacts import RunDirectory, ShardStore
 from grouping.clustering import (
     choose_num_groups,
@@ -28,8 +28,8 @@ from grouping.dmtg import check_memory
 from grouping.evaluation.comparison import Plan, comparison_row
 from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.report import write_report
-from grouping.models import ModelSpec, restore_model
-from grouping.tasksets import TaskSet, build_taskset
+from grouping.models import ModelSpec, Spec, restore, spec_from_dict, spec_to_dict
+from grouping.tasksets import AnyTaskSet, build_taskset
 from workers.dmtg import run_dmtg
 from workers.gradients import compute_gradient_features
 from workers.surrogates import compute_subset_losses
@@ -37,7 +37,7 @@ from workers.training import train_groups
 from workers.true_affinity import fine_tune_subsets
 from workers.tuning import GroupJob, train_group_trials
 
-BASE_SECTIONS = ("seed", "taskset", "features", "model", "train")
+BASE_SECTIONS = ("seed", "taskset", "features", "model", "language_model", "train")
 ESTIMATE_SECTIONS = (*BASE_SECTIONS, "affinity")
 TRUE_SECTIONS = (*ESTIMATE_SECTIONS, "true_affinity")
 
@@ -50,7 +50,7 @@ class Pipeline:
 
     def __init__(self, config: RunConfig, run: RunDirectory, resume: bool) -> None:
         self.config, self.run, self.resume = config, run, resume
-        self.taskset: TaskSet | None = None
+        self.taskset: AnyTaskSet | None = None
         self.true_groups = config.true_affinity.enabled and config.true_affinity.all_subsets
         self.group_sections = (*(TRUE_SECTIONS if self.true_groups else ESTIMATE_SECTIONS),
                                "clustering")
@@ -95,19 +95,17 @@ class Pipeline:
     def _base(self) -> None:
         (result,) = train_groups(self.taskset, [list(range(self.taskset.num_tasks))],
                                  self.config, "base model")
-        self.run.save_torch("base_model.pt", {"spec": result["spec"].__dict__,
+        self.run.save_torch("base_model.pt", {"spec": spec_to_dict(result["spec"]),
                                               "state": result["state"]})
         self.run.write_json("base_metrics.json", {key: result[key] for key in (
             "tasks", "best_epoch", "best_val_loss", "seconds")})
 
     def _base_model(self) -> nn.Module:
-        return restore_model(*self._load_base())
+        return restore(*self._load_base())
 
-    def _load_base(self) -> tuple[ModelSpec, dict]:
+    def _load_base(self) -> tuple[Spec, dict]:
         saved = self.run.load_torch("base_model.pt")
-        spec = saved["spec"]
-        return ModelSpec(spec["in_dim"], tuple(spec["hidden"]), spec["num_heads"],
-                         spec["dropout"]), saved["state"]
+        return spec_from_dict(saved["spec"]), saved["state"]
 
     def _gradients(self) -> None:
         options = self.config.affinity
@@ -115,7 +113,7 @@ class Pipeline:
         spec, state = self._load_base()
         shards = self._shards("gradients", self.config.ray.chunk_rows)
         f0, projected = compute_gradient_features(
-            spec, state, self.taskset.features, rows.example, rows.task,
+            spec, state, self.taskset, rows.example, rows.task,
             options.projection_dim, self.config.seed, self.config.ray, shards)
         self.run.save_arrays("gradients/rows.npz", **rows.as_dict())
         self.run.save_array("gradients/f0.npy", f0)
@@ -196,9 +194,9 @@ class Pipeline:
             repeat = np.full(losses.shape, np.nan)
             repeat[np.searchsorted(tuned, sample)] = [result["losses"] for result in second]
             arrays["losses_repeat"] = repeat
-        arrays["base_losses"] = validation_losses(self._base_model(), self.taskset,
-                                                  np.arange(self.taskset.num_tasks),
-                                                  torch.device("cpu"))
+        spec, state = self._load_base()
+        arrays["base_losses"] = base_losses(restore(spec, state), spec, self.taskset,
+                                            torch.device("cpu"))
         self.run.save_arrays("true_losses.npz", **arrays)
         if options.all_subsets:
             self.run.save_array("true_affinity.npy", affinity_from_losses(

@@ -6,20 +6,19 @@ import ray
 import torch
 
 from grouping.config import RunConfig
-from grouping.group_models import train_group
-from grouping.tasksets import TaskSet
+from grouping.group_models import train_any_group
+from grouping.tasksets import AnyTaskSet
 from grouping.training import resolve_device
 from workers.progress import run_windowed
 from workers.runtime import usable_workers, worker_threads
 
 
-def _train(taskset: TaskSet, tasks: list[int], config: RunConfig) -> dict:
+def _train(taskset: AnyTaskSet, tasks: list[int], config: RunConfig) -> dict:
     torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
-    return train_group(taskset, tasks, config.model, config.train, config.seed,
-                       resolve_device(config.device))
+    return train_any_group(taskset, tasks, config, config.train, resolve_device(config.device))
 
 
-def train_groups(taskset: TaskSet, groups: list[list[int]], config: RunConfig,
+def train_groups(taskset: AnyTaskSet, groups: list[list[int]], config: RunConfig,
                  description: str) -> list[dict]:
     """Train one model per group (in parallel over Ray); per-group results in order."""
     remote = ray.remote(_train).options(

@@ -11,23 +11,23 @@ import torch
 from grouping.affinity.true_affinity import fine_tune_subset
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
-from grouping.models import ModelSpec, restore_model
-from grouping.tasksets import TaskSet
+from grouping.models import Spec, restore
+from grouping.tasksets import AnyTaskSet
 from grouping.training import resolve_device
 from workers.progress import run_windowed
 from workers.runtime import usable_workers, worker_threads
 
 
-def _fine_tune(taskset: TaskSet, spec: ModelSpec, state: dict, subset: np.ndarray,
+def _fine_tune(taskset: AnyTaskSet, spec: Spec, state: dict, subset: np.ndarray,
                config: RunConfig, seed: int) -> dict:
     torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
     device = resolve_device(config.device)
-    base = restore_model(spec, state)
-    return fine_tune_subset(base.to(device), taskset, subset, config.fine_tuning(),
+    base = restore(spec, state)
+    return fine_tune_subset(base.to(device), spec, taskset, subset, config.fine_tuning(),
                             config.true_affinity.epochs, seed, device)
 
 
-def fine_tune_subsets(taskset: TaskSet, spec: ModelSpec, state: dict, subsets: np.ndarray,
+def fine_tune_subsets(taskset: AnyTaskSet, spec: Spec, state: dict, subsets: np.ndarray,
                       config: RunConfig, seed: int, description: str,
                       trials: tuple[RunDirectory, str] | None = None) -> list[dict]:
     """f(S, i) for every subset (one Ray task each), in subset order.

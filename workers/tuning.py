@@ -13,8 +13,9 @@ from ray import tune
 from tqdm import tqdm
 
 from grouping.config import RunConfig
-from grouping.group_models import train_group
-from grouping.tasksets import TaskSet
+from grouping.group_models import train_any_group
+from grouping.models import spec_to_dict
+from grouping.tasksets import AnyTaskSet
 from grouping.training import resolve_device
 from workers.runtime import worker_threads
 
@@ -31,16 +32,15 @@ class GroupJob:
     track_dominance: bool = False
 
 
-def _trial(params: dict, taskset: TaskSet, jobs: list[GroupJob], config: RunConfig) -> None:
+def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunConfig) -> None:
     """Tune trainable: train one job at one learning rate; report the best validation loss
     with a checkpoint holding the trained model and its test metrics."""
     torch.set_num_threads(worker_threads(config.group_training.num_cpus_per_trial))
     job = jobs[params["job"]]
     train = config.train.model_copy(update={"lr": params["lr"]})
-    result = train_group(taskset, job.tasks, config.model, train, config.seed,
-                         resolve_device(config.device), job.optimizer, job.track_dominance,
-                         config.group_training.dominance_decay)
-    result["spec"] = result["spec"].__dict__
+    result = train_any_group(taskset, job.tasks, config, train, resolve_device(config.device),
+                             job.optimizer, job.track_dominance)
+    result["spec"] = spec_to_dict(result["spec"])
     with tempfile.TemporaryDirectory() as directory:
         torch.save(result, Path(directory) / RESULT_FILE)
         tune.report({"val_loss": result["best_val_loss"]},
@@ -71,7 +71,7 @@ def _read_result(result: tune.Result) -> dict:
     return saved
 
 
-def train_group_trials(taskset: TaskSet, jobs: list[GroupJob], config: RunConfig,
+def train_group_trials(taskset: AnyTaskSet, jobs: list[GroupJob], config: RunConfig,
                        storage: str, name: str, description: str) -> list[dict]:
     """For each job, the trial with the lowest validation loss over ``group_training.lrs``
     (its result dict, with the chosen ``lr``), in job order.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from grouping.tasksets import TRAIN, VAL, TaskSet
+from grouping.tasksets import TRAIN, VAL, AnyTaskSet, InstructionTaskSet
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,32 @@ class RowTable:
                 "label": self.label, "weight": self.weight, "offsets": self.offsets}
 
 
-def build_rows(taskset: TaskSet, max_negatives: int | None, seed: int) -> RowTable:
-    """All training and validation rows of every task (negatives capped per task and split)."""
+def instruction_rows(taskset: InstructionTaskSet) -> RowTable:
+    """The training and validation examples of each instruction task, label 1 (the output is
+    the gold answer's log-odds), weight 1."""
+    parts = {key: [] for key in ("example", "task", "split")}
+    offsets = np.zeros((taskset.num_tasks, 3), np.int64)
+    count = 0
+    for task in range(taskset.num_tasks):
+        for split in (TRAIN, VAL):
+            offsets[task, split] = count
+            examples = taskset.examples_of(np.array([task]), split)
+            parts["example"].append(examples)
+            parts["task"].append(np.full(len(examples), task, np.int64))
+            parts["split"].append(np.full(len(examples), split, np.int8))
+            count += len(examples)
+        offsets[task, 2] = count
+    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    ones = np.ones(count, np.float32)
+    return RowTable(label=ones, weight=ones.copy(), offsets=offsets, **arrays)
+
+
+def build_rows(taskset: AnyTaskSet, max_negatives: int | None,
+               seed: int) -> RowTable:
+    """All training and validation rows of every task (negatives capped per task and split;
+    instruction tasks have no negatives)."""
+    if isinstance(taskset, InstructionTaskSet):
+        return instruction_rows(taskset)
     rng = np.random.default_rng(seed)
     parts = {key: [] for key in ("example", "task", "split", "label", "weight")}
     offsets = np.zeros((taskset.num_tasks, 3), np.int64)

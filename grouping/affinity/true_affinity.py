@@ -10,8 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from grouping import lm_training
 from grouping.config import TrainConfig
-from grouping.tasksets import VAL, TaskSet
+from grouping.models import Spec
+from grouping.models.lora_lm import LMSpec
+from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet, TaskSet
 from grouping.training import predict, train_model
 
 
@@ -40,14 +43,41 @@ def fine_tune(base: nn.Module, taskset: TaskSet, subset: np.ndarray, config: Tra
     return model
 
 
-def fine_tune_subset(base: nn.Module, taskset: TaskSet, subset: np.ndarray,
+def fine_tune_adapter(base: nn.Module, spec: LMSpec, taskset: InstructionTaskSet,
+                      subset: np.ndarray, config: TrainConfig, epochs: int | None, seed: int,
+                      device: torch.device) -> np.ndarray:
+    """f(S, i) of a language model: θ0's adapter fine-tuned on the subset's instruction
+    tasks (as :func:`fine_tune` schedules it), each task's output-function validation loss."""
+    model = copy.deepcopy(base)
+    encoded = lm_training.encode_for(model, taskset, spec)
+    schedule = config if epochs is None else config.model_copy(update={"max_epochs": epochs})
+    lm_training.train_lm(model, taskset, encoded, subset, schedule, seed, device,
+                         keep_best=epochs is None)
+    return lm_training.validation_losses(model, taskset, encoded, subset, device)
+
+
+def fine_tune_subset(base: nn.Module, spec: Spec, taskset: AnyTaskSet, subset: np.ndarray,
                      config: TrainConfig, epochs: int | None, seed: int,
                      device: torch.device) -> dict:
-    """f(S, i) for each task of the subset after :func:`fine_tune`, and the wall time."""
+    """f(S, i) for each task of the subset after :func:`fine_tune` (or
+    :func:`fine_tune_adapter`), and the wall time."""
     start = time.perf_counter()
-    model = fine_tune(base, taskset, subset, config, epochs, seed, device)
-    return {"losses": validation_losses(model, taskset, subset, device),
-            "seconds": time.perf_counter() - start}
+    if isinstance(spec, LMSpec):
+        losses = fine_tune_adapter(base, spec, taskset, subset, config, epochs, seed, device)
+    else:
+        model = fine_tune(base, taskset, subset, config, epochs, seed, device)
+        losses = validation_losses(model, taskset, subset, device)
+    return {"losses": losses, "seconds": time.perf_counter() - start}
+
+
+def base_losses(base: nn.Module, spec: Spec, taskset: AnyTaskSet,
+                device: torch.device) -> np.ndarray:
+    """Every task's validation loss under θ0 (the no-fine-tuning predictor)."""
+    tasks = np.arange(taskset.num_tasks)
+    if isinstance(spec, LMSpec):
+        encoded = lm_training.encode_for(base, taskset, spec)
+        return lm_training.validation_losses(base, taskset, encoded, tasks, device)
+    return validation_losses(base, taskset, tasks, device)
 
 
 def linearization_error(base: nn.Module, tuned: nn.Module, projection: dict[str, torch.Tensor],

@@ -31,17 +31,40 @@ def mean_dominance(results: list[dict]) -> dict[str, float] | None:
             for layer in tracked[0]}
 
 
+METRIC_LABELS = {"test_f1": "test F1", "test_ap": "test AP",
+                 "test_exact_match": "test exact match",
+                 "test_token_accuracy": "test token accuracy"}
+
+
+def metric_names(task: dict) -> tuple[str, str]:
+    """The (primary, secondary) test metrics of a task's metrics: F1 and average precision
+    for binary tasks, exact match and token accuracy for instruction tasks."""
+    if "test_exact_match" in task:
+        return "test_exact_match", "test_token_accuracy"
+    return "test_f1", "test_ap"
+
+
+def summary_keys(line: dict) -> tuple[str, str, str]:
+    """The mean-primary, worst-primary and mean-secondary keys of a comparison row."""
+    return (f"mean_{line['metric']}", f"worst_{line['metric']}",
+            f"mean_{line['secondary_metric']}")
+
+
 def comparison_row(plan: Plan, results: list[dict], optimizer: str) -> dict:
-    """Mean and worst per-task test F1, mean test AP (tasks with a positive test example),
-    cost (the grouping search plus the summed wall time of its models' training) and, when
-    tracked, the dominance fraction per shared layer."""
+    """Mean and worst per-task primary test metric (F1, or exact match for instruction
+    tasks), mean secondary metric (AP over tasks with a positive test example, or token
+    accuracy), cost (the grouping search plus the summed wall time of its models' training)
+    and, when tracked, the dominance fraction per shared layer."""
     tasks = [task for result in results for task in result["tasks"]]
-    f1 = np.array([task["test_f1"] for task in tasks])
-    ap = np.array([task["test_ap"] for task in tasks])
+    primary, secondary = metric_names(tasks[0])
+    scores = np.array([task[primary] for task in tasks])
+    others = np.array([task[secondary] for task in tasks])
     train_seconds = float(sum(result["seconds"] for result in results))
     return {"grouping": plan.name, "optimizer": optimizer, "num_groups": len(plan.groups),
-            "seed": plan.seed, "mean_test_f1": float(f1.mean()), "worst_test_f1": float(f1.min()),
-            "mean_test_ap": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
+            "seed": plan.seed, "metric": primary, "secondary_metric": secondary,
+            f"mean_{primary}": float(scores.mean()), f"worst_{primary}": float(scores.min()),
+            f"mean_{secondary}": float(np.nanmean(others)) if np.isfinite(others).any()
+            else float("nan"),
             "search_seconds": float(plan.search_seconds), "train_seconds": train_seconds,
             "seconds": float(plan.search_seconds) + train_seconds,
             "lrs": sorted({result["lr"] for result in results if "lr" in result}),
@@ -57,8 +80,9 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
                 if row["grouping"] == grouping and row["optimizer"] == optimizer]
         line = {"grouping": grouping, "optimizer": optimizer,
                 "num_groups": mine[0]["num_groups"], "runs": len(mine),
-                "dominance": mine[0].get("dominance")}
-        for key in ("mean_test_f1", "worst_test_f1", "mean_test_ap", "seconds"):
+                "dominance": mine[0].get("dominance"), "metric": mine[0]["metric"],
+                "secondary_metric": mine[0]["secondary_metric"]}
+        for key in (*summary_keys(mine[0]), "seconds"):
             values = np.array([row[key] for row in mine], dtype=float)
             line[key] = float(values.mean())
             line[f"{key}_std"] = float(values.std()) if len(mine) > 1 else None

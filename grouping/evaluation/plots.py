@@ -36,18 +36,20 @@ def affinity_heatmap(affinity: np.ndarray, groups: list[list[int]]) -> bytes:
     return _png(figure)
 
 
-def comparison_bars(summary: list[dict]) -> bytes:
-    """Mean and worst-task test F1 per grouping, with the seed spread as error bars."""
+def comparison_bars(summary: list[dict], metric: str = "test F1") -> bytes:
+    """Mean and worst-task primary test metric per grouping, with the seed spread as error
+    bars."""
     labels = [f"{line['grouping']} ({line['optimizer']})" for line in summary]
     positions = np.arange(len(summary))
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(summary)), 4))
-    for offset, key, name in ((-0.2, "mean_test_f1", "mean F1"),
-                              (0.2, "worst_test_f1", "worst-task F1")):
+    primary = summary[0]["metric"]
+    for offset, key, name in ((-0.2, f"mean_{primary}", f"mean {metric}"),
+                              (0.2, f"worst_{primary}", f"worst-task {metric}")):
         errors = [line[f"{key}_std"] or 0.0 for line in summary]
         axis.bar(positions + offset, [line[key] for line in summary], 0.4, yerr=errors,
                  capsize=3, label=name)
     axis.set_xticks(positions, labels, rotation=20, ha="right")
-    axis.set_ylabel("test F1")
+    axis.set_ylabel(metric)
     axis.set_title("Groupings compared (error bars: std over seeds)")
     axis.legend()
     return _png(figure)

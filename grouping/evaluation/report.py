@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from grouping.artifacts import atomic_write_bytes
-from grouping.evaluation.comparison import summarize_rows
+from grouping.evaluation.comparison import METRIC_LABELS, summarize_rows, summary_keys
 from grouping.evaluation.plots import (
     affinity_heatmap,
     comparison_bars,
@@ -26,16 +26,15 @@ def _fmt(value: float | None, std: float | None = None) -> str:
 
 
 def _comparison_table(summary: list[dict]) -> list[str]:
-    lines = ["| grouping | optimizer | groups | runs | mean test F1 | worst-task test F1 | "
-             "mean test AP | seconds (search + training) |",
+    primary, secondary = (METRIC_LABELS[summary[0][key]]
+                          for key in ("metric", "secondary_metric"))
+    lines = [f"| grouping | optimizer | groups | runs | mean {primary} | worst-task {primary} | "
+             f"mean {secondary} | seconds (search + training) |",
              "|---|---|---|---|---|---|---|---|"]
     for line in summary:
-        lines.append(
-            f"| {line['grouping']} | {line['optimizer']} | {line['num_groups']} | {line['runs']} "
-            f"| {_fmt(line['mean_test_f1'], line['mean_test_f1_std'])} "
-            f"| {_fmt(line['worst_test_f1'], line['worst_test_f1_std'])} "
-            f"| {_fmt(line['mean_test_ap'], line['mean_test_ap_std'])} "
-            f"| {line['seconds']:.1f} |")
+        cells = " | ".join(_fmt(line[key], line[f"{key}_std"]) for key in summary_keys(line))
+        lines.append(f"| {line['grouping']} | {line['optimizer']} | {line['num_groups']} "
+                     f"| {line['runs']} | {cells} | {line['seconds']:.1f} |")
     return lines
 
 
@@ -49,16 +48,18 @@ def _verdict(summary: list[dict]) -> list[str]:
     leading = "gradtag" if "gradtag" in by_name else "true"
     if leading not in by_name:
         return []
-    ours = by_name[leading]["mean_test_f1"]
+    key = f"mean_{summary[0]['metric']}"
+    metric = METRIC_LABELS[summary[0]["metric"]]
+    ours = by_name[leading][key]
     label = {"gradtag": "Grad-TAG groups", "true": "true-affinity groups"}[leading]
     lines = []
-    spread = by_name.get("random", {}).get("mean_test_f1_std")
+    spread = by_name.get("random", {}).get(f"{key}_std")
     for name in ("all", "single", "random", "spectral", "true", "dmtg"):
         if name in by_name and name != leading:
-            gain = ours - by_name[name]["mean_test_f1"]
-            lines.append(f"- {label} vs {name}: {gain:+.3f} mean test F1.")
+            gain = ours - by_name[name][key]
+            lines.append(f"- {label} vs {name}: {gain:+.3f} mean {metric}.")
     if spread is not None:
-        gain = ours - by_name["random"]["mean_test_f1"]
+        gain = ours - by_name["random"][key]
         noise = "beyond" if abs(gain) > 2 * spread else "within"
         lines.append(f"- Random groups vary by ±{spread:.3f} (std over "
                      f"{by_name['random']['runs']} seeds): the gain over random groups is "
@@ -168,7 +169,8 @@ def write_report(run_path: str | Path) -> dict:
     summary_rows = summarize_rows(rows)
     seconds = {name: record["seconds"] for name, record in manifest["stages"].items()}
     atomic_write_bytes(run / "affinity_heatmap.png", affinity_heatmap(affinity, groups["groups"]))
-    atomic_write_bytes(run / "comparison.png", comparison_bars(summary_rows))
+    atomic_write_bytes(run / "comparison.png", comparison_bars(
+        summary_rows, METRIC_LABELS[summary_rows[0]["metric"]]))
     summary = {"name": config["name"], "num_tasks": int(affinity.shape[0]),
                "num_groups": groups["num_groups"], "k_rule": groups["k_rule"],
                "ari_planted": groups.get("ari_planted"),

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from grouping.config import ConfigError, PythonTaskSet, RunConfig, SBMTaskSet, TableTaskSet
+from grouping.config import (
+    ConfigError,
+    InstructionsTaskSet,
+    PythonTaskSet,
+    RunConfig,
+    SBMTaskSet,
+    TableTaskSet,
+)
 from grouping.tasksets.base import TEST, TRAIN, VAL, TaskSet
 from grouping.tasksets.custom import build_custom
 from grouping.tasksets.features import fastrp, sign_features, standardize, symmetric_adjacency
 from grouping.tasksets.graph import CommunityGraph
+from grouping.tasksets.instruction_suite import generate_suite
+from grouping.tasksets.instructions import InstructionTaskSet, load_instructions
 from grouping.tasksets.sbm import generate_sbm
 from grouping.tasksets.snap import load_snap
 from grouping.tasksets.table import load_table
 
-__all__ = ["TEST", "TRAIN", "VAL", "TaskSet", "build_taskset", "graph_taskset"]
+AnyTaskSet = TaskSet | InstructionTaskSet
+
+__all__ = ["TEST", "TRAIN", "VAL", "AnyTaskSet", "InstructionTaskSet", "TaskSet",
+           "build_taskset", "graph_taskset"]
 
 
 def graph_taskset(graph: CommunityGraph, config: RunConfig) -> TaskSet:
@@ -32,9 +44,14 @@ def graph_taskset(graph: CommunityGraph, config: RunConfig) -> TaskSet:
     return TaskSet(features, graph.labels, graph.split, graph.task_names, graph.families)
 
 
-def build_taskset(config: RunConfig) -> TaskSet:
+def build_taskset(config: RunConfig) -> AnyTaskSet:
     """Build the task set a run config names. Tables and custom builders bring their own
-    features; only graph task sets go through the ``features`` section (FastRP, SIGN)."""
+    features; only graph task sets go through the ``features`` section (FastRP, SIGN).
+    Instruction task sets are texts for a language model."""
+    if isinstance(config.taskset, InstructionsTaskSet):
+        if config.taskset.source == "generated":
+            return generate_suite(config.taskset, config.seed)
+        return load_instructions(config.taskset, config.seed)
     if isinstance(config.taskset, TableTaskSet):
         return load_table(config.taskset, config.seed)
     if isinstance(config.taskset, PythonTaskSet):
