@@ -16,7 +16,8 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,19 @@ class _RemoteCopy:
             stat = (local / name).stat()
             self.uploaded[name] = (stat.st_mtime_ns, stat.st_size)
 
-    def upload(self, local: Path, name: str, data: bytes) -> None:
-        """Put ``data``, the contents of ``local / name``, at the URI under ``name``."""
+    def upload(self, local: Path, name: str, data: bytes | None = None) -> None:
+        """Put ``data``, the contents of ``local / name``, at the URI under ``name`` (without
+        ``data``, the file is streamed from disk)."""
         target = f"{self.root}/{name}"
         folder = posixpath.dirname(target)
         temporary = f"{folder}/.{posixpath.basename(target)}.partial"
         self.filesystem.create_dir(folder, recursive=True)
         with self.filesystem.open_output_stream(temporary) as stream:
-            stream.write(data)
+            if data is None:
+                with open(local / name, "rb") as source:
+                    shutil.copyfileobj(source, stream, 1 << 24)
+            else:
+                stream.write(data)
         self.filesystem.move(temporary, target)
         stat = (local / name).stat()
         self.uploaded[name] = (stat.st_mtime_ns, stat.st_size)
@@ -110,7 +116,7 @@ class _RemoteCopy:
             if path.is_file() and not path.name.startswith("."):
                 stat = path.stat()
                 if self.uploaded.get(name) != (stat.st_mtime_ns, stat.st_size):
-                    self.upload(local, name, path.read_bytes())
+                    self.upload(local, name)
 
 
 class RunDirectory:
@@ -195,6 +201,26 @@ class RunDirectory:
 
     def load_torch(self, name: str) -> Any:
         return torch.load(self.file(name), weights_only=True)
+
+    @contextmanager
+    def array_writer(self, name: str, shape: tuple[int, ...],
+                     dtype: np.dtype | type) -> Iterator[np.ndarray]:
+        """A writable memory-mapped .npy array that becomes ``name`` atomically (renamed into
+        place, then uploaded to the URI) when the block ends without an error; the rows
+        written never all have to sit in memory."""
+        target = self.file(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
+            yield array
+            array.flush()
+            del array
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        if self.remote is not None:
+            self.remote.upload(self.path, name)
 
     def load_array(self, name: str, mmap: bool = False) -> np.ndarray:
         return np.load(self.file(name), mmap_mode="r" if mmap else None)

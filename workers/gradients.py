@@ -13,9 +13,9 @@ import torch
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from grouping.affinity.computers import GradientComputer
+from grouping.affinity.computers import GradientComputer, feature_dim
 from grouping.artifacts import ShardStore
-from grouping.config import RayConfig
+from grouping.config import AffinityConfig, RayConfig
 from grouping.models import Spec
 from grouping.tasksets import AnyTaskSet
 from workers.runtime import usable_workers, worker_threads
@@ -29,26 +29,32 @@ class GradientWorker:
     restarted actor fetches them again while the driver keeps them alive.
     """
 
-    def __init__(self, shared: list[ray.ObjectRef], dim: int, seed: int, threads: int) -> None:
+    def __init__(self, shared: list[ray.ObjectRef], options: AffinityConfig, seed: int,
+                 threads: int) -> None:
         torch.set_num_threads(threads)
         spec, state, taskset = ray.get(shared)
-        self.computer = GradientComputer(spec, state, taskset, dim, seed)
+        self.computer = GradientComputer(spec, state, taskset, options.projection_dim, seed,
+                                         options.projection, options.intermediate_dim)
 
     def compute(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.computer(examples, tasks)
 
 
 def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
-                              examples: np.ndarray, tasks: np.ndarray, dim: int, seed: int,
-                              config: RayConfig,
-                              shards: ShardStore | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Base logits [R] and projected gradients [R, dim] of rows (examples[r], tasks[r]).
+                              examples: np.ndarray, tasks: np.ndarray, options: AffinityConfig,
+                              seed: int, config: RayConfig, projected: np.ndarray,
+                              shards: ShardStore | None = None) -> np.ndarray:
+    """Base logits [R] of rows (examples[r], tasks[r]); their projected gradients go into
+    ``projected`` [R, d] (a memory map, so the driver never holds every row), with the
+    projection ``options`` name (d: :func:`feature_dim`).
 
     With ``shards``, each finished chunk is saved at once and chunks saved by an interrupted
     attempt are read back instead of being computed again.
     """
     f0 = np.empty(len(examples), np.float32)
-    projected = np.empty((len(examples), dim), np.float32)
+    if projected.shape != (len(examples), feature_dim(options.projection,
+                                                      options.projection_dim)):
+        raise ValueError(f"projected has shape {projected.shape} for {len(examples)} rows")
     bounds = list(range(0, len(examples), config.chunk_rows))
     todo = []
     for start in bounds:
@@ -63,7 +69,8 @@ def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
         max_restarts=config.max_retries, max_task_retries=config.max_retries)
     state = {name: tensor.cpu() for name, tensor in state.items()}
     shared = [ray.put(value) for value in (spec, state, taskset)]
-    actors = [actor_class.remote(shared, dim, seed, worker_threads(config.num_cpus_per_worker))
+    actors = [actor_class.remote(shared, options, seed,
+                                 worker_threads(config.num_cpus_per_worker))
               for _ in range(min(usable_workers(config), len(todo)))]
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])
               for start in todo]
@@ -77,4 +84,4 @@ def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
             shards.save(start, f0=chunk_f0, gradients=chunk_g)
     for actor in actors:
         ray.kill(actor)
-    return f0, projected
+    return f0

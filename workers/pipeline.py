@@ -12,6 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from grouping.affinity.aggregate import affinity_from_losses
+from grouping.affinity.computers import feature_dim
 from grouping.affinity.rows import RowTable, build_rows
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
 from grouping.affinity.true_affinity import base_losses
@@ -112,12 +113,13 @@ class Pipeline:
         rows = build_rows(self.taskset, options.max_negatives, self.config.seed)
         spec, state = self._load_base()
         shards = self._shards("gradients", self.config.ray.chunk_rows)
-        f0, projected = compute_gradient_features(
-            spec, state, self.taskset, rows.example, rows.task,
-            options.projection_dim, self.config.seed, self.config.ray, shards)
+        shape = (len(rows), feature_dim(options.projection, options.projection_dim))
+        with self.run.array_writer("gradients/features.npy", shape, np.float32) as projected:
+            f0 = compute_gradient_features(spec, state, self.taskset, rows.example, rows.task,
+                                           options, self.config.seed, self.config.ray,
+                                           projected, shards)
         self.run.save_arrays("gradients/rows.npz", **rows.as_dict())
         self.run.save_array("gradients/f0.npy", f0)
-        self.run.save_array("gradients/features.npy", projected)
         shards.clear()
 
     def _shards(self, stage: str, shard_size: int) -> ShardStore:

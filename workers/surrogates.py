@@ -7,7 +7,7 @@ import numpy as np
 import ray
 import torch
 
-from grouping.affinity.rows import RowTable
+from grouping.affinity.rows import GatheredRows, RowTable
 from grouping.affinity.surrogate import subset_losses
 from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
@@ -25,11 +25,12 @@ def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: n
 def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
                           gradients: np.ndarray, options: AffinityConfig,
                           config: RayConfig, shards: ShardStore | None = None) -> np.ndarray:
-    """f̂(S, i) for every subset: [m, s]. With ``shards``, each finished batch is saved at
-    once and batches saved by an interrupted attempt are read back, not fitted again."""
+    """f̂(S, i) for every subset: [m, s]. Each batch ships only the rows of its subsets'
+    tasks. With ``shards``, each finished batch is saved at once and batches saved by an
+    interrupted attempt are read back, not fitted again."""
     remote = ray.remote(_fit_batch).options(
         num_cpus=config.num_cpus_per_worker, max_retries=config.max_retries)
-    shared = [ray.put(value) for value in (rows, f0, gradients)]
+    shared_rows = ray.put(rows)
     threads = worker_threads(config.num_cpus_per_worker)
     batches = [subsets[start:start + config.subsets_per_batch]
                for start in range(0, len(subsets), config.subsets_per_batch)]
@@ -41,7 +42,13 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
         def on_result(number: int, losses: np.ndarray) -> None:
             shards.save(number, losses=losses)
 
-    results = run_windowed(lambda batch: remote.remote(batch, *shared, options, threads),
+    def submit(batch: np.ndarray) -> ray.ObjectRef:
+        """One batch with only its tasks' rows of f0 and the gradient features (read from the
+        memory map as the batch is submitted, so the driver holds a window of batches)."""
+        return remote.remote(batch, shared_rows, GatheredRows.of_tasks(rows, batch, f0),
+                             GatheredRows.of_tasks(rows, batch, gradients), options, threads)
+
+    results = run_windowed(submit,
                            batches, usable_workers(config), "surrogate fits", finished,
                            on_result)
     return np.concatenate(results)

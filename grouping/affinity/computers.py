@@ -8,27 +8,49 @@ import numpy as np
 import torch
 
 from grouping.affinity.gradients import output_gradients
-from grouping.affinity.lm_outputs import lm_output_gradients
+from grouping.affinity.kronecker import (
+    head_logits,
+    kronecker_factors,
+    make_projector,
+    projected_output_gradients,
+)
+from grouping.affinity.lm_outputs import answer_logodds, lm_output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.models import Spec, restore
 from grouping.models.lora_lm import LMSpec
 from grouping.tasksets import AnyTaskSet
 
 
+def feature_dim(projection: str, dim: int) -> int:
+    """The number of gradient features a projection gives for ``projection_dim`` ``dim``."""
+    if projection == "kronecker":
+        rows, columns = kronecker_factors(dim)
+        return rows * columns
+    return dim
+
+
 class GradientComputer:
     """f0 and Pᵀ∇f for rows of the task set, at the base model θ0.
 
     The projection covers the trainable parameters: every parameter of a SIGN-MLP, the LoRA
-    parameters of a language model.
+    parameters of a language model. ``dense`` runs vmap of grad with per-parameter blocks;
+    the Kronecker options record each linear layer's inputs and output gradients instead
+    (:mod:`grouping.affinity.kronecker`).
     """
 
     def __init__(self, spec: Spec, state: dict[str, torch.Tensor], taskset: AnyTaskSet,
-                 dim: int, seed: int) -> None:
+                 dim: int, seed: int, projection: str = "dense",
+                 intermediate_dim: int = 2048) -> None:
         self.model = restore(spec, state)
-        shapes = {name: param.shape for name, param in self.model.named_parameters()
-                  if param.requires_grad}
-        self.projection = dense_projection(shapes, dim, seed)
-        if isinstance(spec, LMSpec):
+        self.projector = None
+        if projection == "dense":
+            shapes = {name: param.shape for name, param in self.model.named_parameters()
+                      if param.requires_grad}
+            self.projection = dense_projection(shapes, dim, seed)
+        else:
+            self.projector = make_projector(projection, self.model, dim, seed, intermediate_dim)
+        self.language_model = isinstance(spec, LMSpec)
+        if self.language_model:
             from grouping.lm_training import encode_for
 
             self.encoded = encode_for(self.model, taskset, spec)
@@ -36,11 +58,15 @@ class GradientComputer:
             self.features = torch.tensor(taskset.features)
 
     def __call__(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if hasattr(self, "encoded"):
-            f0, projected = lm_output_gradients(self.model, self.projection,
-                                                self.encoded.rows(examples))
+        if self.language_model:
+            batch, output = self.encoded.rows(examples), answer_logodds
         else:
-            f0, projected = output_gradients(self.model, self.projection,
-                                             self.features[torch.tensor(examples)],
-                                             torch.tensor(tasks))
+            batch = (self.features[torch.tensor(examples)], torch.tensor(tasks))
+            output = head_logits
+        if self.projector is not None:
+            f0, projected = projected_output_gradients(self.model, self.projector, output, batch)
+        elif self.language_model:
+            f0, projected = lm_output_gradients(self.model, self.projection, batch)
+        else:
+            f0, projected = output_gradients(self.model, self.projection, *batch)
         return f0.numpy(), projected.numpy()

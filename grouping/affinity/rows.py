@@ -90,3 +90,27 @@ def build_rows(taskset: AnyTaskSet, max_negatives: int | None,
         offsets[task, 2] = count
     arrays = {key: np.concatenate(value) for key, value in parts.items()}
     return RowTable(offsets=offsets, **arrays)
+
+
+@dataclass(frozen=True)
+class GatheredRows:
+    """Some rows of a per-row array: their row ids (ascending) and values, indexed by row id
+    as the whole array would be, so that a worker gets only the rows it reads."""
+
+    ids: np.ndarray
+    values: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        return self.values[np.searchsorted(self.ids, index)]
+
+    @classmethod
+    def of_tasks(cls, rows: RowTable, tasks: np.ndarray, values: np.ndarray) -> GatheredRows:
+        """The training and validation rows of ``tasks`` read from ``values`` (a memory map
+        is read at those rows only)."""
+        ids = np.concatenate([np.arange(rows.offsets[task, 0], rows.offsets[task, 2])
+                              for task in np.unique(tasks)])
+        return cls(ids, np.asarray(values[ids]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import SpectralClustering
 
-from grouping.clustering.sdp import labels_to_groups
+from grouping.clustering.rounding import labels_to_groups
 
 
 def spectral_groups(affinity: np.ndarray, num_groups: int, seed: int) -> list[list[int]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import cvxpy as cp
 import numpy as np
-from sklearn.cluster import KMeans
+
+from grouping.clustering.lowrank import lowrank_groups
+from grouping.clustering.rounding import round_to_groups
 
 
 def solve_sdp(affinity: np.ndarray, num_groups: int, solver: str = "SCS") -> np.ndarray:
@@ -24,26 +26,6 @@ def solve_sdp(affinity: np.ndarray, num_groups: int, solver: str = "SCS") -> np.
     if matrix.value is None:
         raise RuntimeError(f"SDP solver {solver} failed: {problem.status}")
     return np.asarray(matrix.value)
-
-
-def round_to_groups(matrix: np.ndarray, num_groups: int, seed: int) -> list[list[int]]:
-    """k-means (k = ``num_groups``) on the rows of X; groups sorted by their first task."""
-    labels = KMeans(num_groups, n_init=10, random_state=seed).fit_predict(matrix)
-    return labels_to_groups(labels)
-
-
-def labels_to_groups(labels: np.ndarray) -> list[list[int]]:
-    """Cluster labels → list of non-empty groups of task ids, sorted by first member."""
-    groups = [np.flatnonzero(labels == label).tolist() for label in np.unique(labels)]
-    return sorted(groups, key=lambda group: group[0])
-
-
-def groups_to_labels(groups: list[list[int]], num_tasks: int) -> np.ndarray:
-    """Groups of task ids → one cluster label per task (the group's position)."""
-    labels = np.full(num_tasks, -1)
-    for number, group in enumerate(groups):
-        labels[group] = number
-    return labels
 
 
 def choose_num_groups(affinity: np.ndarray, max_groups: int) -> int:
@@ -60,8 +42,17 @@ def choose_num_groups(affinity: np.ndarray, max_groups: int) -> int:
     return int(np.argmax(gaps[1:]) + 2) if upper >= 2 else 1
 
 
+AUTO_LOWRANK_ABOVE = 200
+
+
 def sdp_groups(affinity: np.ndarray, num_groups: int, solver: str, seed: int) -> list[list[int]]:
-    """Groups from the SDP relaxation and k-means rounding."""
+    """Groups from the SDP relaxation and k-means rounding. ``solver``: a cvxpy solver,
+    ``LOWRANK`` (:mod:`grouping.clustering.lowrank`), or ``auto`` (SCS up to
+    ``AUTO_LOWRANK_ABOVE`` tasks, LOWRANK above)."""
     if num_groups == 1:
         return [list(range(affinity.shape[0]))]
+    if solver == "auto":
+        solver = "LOWRANK" if affinity.shape[0] > AUTO_LOWRANK_ABOVE else "SCS"
+    if solver == "LOWRANK":
+        return lowrank_groups(affinity, num_groups, seed)
     return round_to_groups(solve_sdp(affinity, num_groups, solver), num_groups, seed)

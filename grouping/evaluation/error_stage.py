@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from grouping.affinity.gradients import output_gradients
+from grouping.affinity.kronecker import head_logits, make_projector, projected_output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import subset_losses
@@ -32,8 +33,12 @@ class ErrorStage:
         self.rows = RowTable(**run.load_arrays("gradients/rows.npz"))
         self.f0 = run.load_array("gradients/f0.npy")
         self.gradients = run.load_array("gradients/features.npy", mmap=True)
+        options = config.affinity
+        self.projector = None if options.projection == "dense" else make_projector(
+            options.projection, base, options.projection_dim, config.seed,
+            options.intermediate_dim)
         shapes = {name: param.shape for name, param in base.named_parameters()}
-        self.projection = dense_projection(shapes, config.affinity.projection_dim, config.seed)
+        self.projection = dense_projection(shapes, options.projection_dim, config.seed)
 
     def report(self) -> dict:
         """Every figure of error_report.json except the grouping ARI (added by the caller)."""
@@ -69,8 +74,11 @@ class ErrorStage:
                 torch.tensor(self.rows.task[index]))
 
     def linearization(self, subsets: np.ndarray) -> list[float]:
-        """Linearised vs really fine-tuned logits on the validation rows of a few subsets."""
+        """Linearised vs really fine-tuned logits on the validation rows of a few subsets
+        (with the dense projection, whose Pᵀ Δθ is taken per parameter; none otherwise)."""
         errors = []
+        if self.projector is not None:
+            return errors
         for subset in subsets:
             index = self.rows.rows_of(subset, 1)
             errors.append(linearization_error(
@@ -83,8 +91,12 @@ class ErrorStage:
         on a sample and scaled to all rows and subsets) against one true fine-tuning."""
         sample = np.arange(min(256, len(self.rows.example)))
         inputs, tasks = self._inputs(sample)
-        per_row = count_flops(lambda: output_gradients(self.base, self.projection, inputs,
-                                                       tasks)) / len(sample)
+        if self.projector is None:
+            per_row = count_flops(lambda: output_gradients(self.base, self.projection, inputs,
+                                                           tasks)) / len(sample)
+        else:
+            per_row = count_flops(lambda: projected_output_gradients(
+                self.base, self.projector, head_logits, (inputs, tasks))) / len(sample)
         options = self.config.affinity
         fitted = subsets[:2]
         per_subset = count_flops(lambda: subset_losses(

@@ -138,9 +138,11 @@ def _error_section(run: Path, report: dict) -> list[str]:
     if report["relative_distance"] >= report["base_relative_distance"]:
         lines.append("The estimate is no closer to the truth than the base-loss predictor: "
                      "its distance figure proves nothing here.")
-    lines.append("Linearisation check, ‖f0 + gᵀPᵀΔθ − f(θ1)‖ / ‖f(θ1) − f0‖ on the validation "
-                 "rows of the first subsets: "
-                 + ", ".join(f"{value:.3f}" for value in report["linearization_error"]) + ".")
+    if report["linearization_error"]:
+        lines.append("Linearisation check, ‖f0 + gᵀPᵀΔθ − f(θ1)‖ / ‖f(θ1) − f0‖ on the "
+                     "validation rows of the first subsets: "
+                     + ", ".join(f"{value:.3f}" for value in report["linearization_error"])
+                     + ".")
     if report["mean_true_change"] < 0.2:
         lines.append(f"Fine-tuning moves the losses by {report['mean_true_change']:.1%} on "
                      "average (below 20%): small distances are easy in this setting.")
