@@ -22,6 +22,8 @@ from grouping.config import ConfigError, RunConfig, load_config  # noqa: E402
 # The installed project: `ray submit` runs a copy of this script outside the project tree.
 PROJECT = Path(grouping.__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT / "configs" / "quickstart.yaml"
+STAGES = ("base", "gradients", "surrogates", "true_subsets", "affinity", "true_affinity",
+          "groups", "error_report", "dmtg", "comparison")
 
 
 def config_path(name: str) -> Path:
@@ -44,6 +46,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="continue the run in --output, skipping stages that are current")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, "
                         "else a fresh local instance)")
+    parser.add_argument("--until", choices=STAGES, help="stop after this stage (no report); "
+                        "e.g. --until groups runs the estimation and clustering only")
     return parser.parse_args(argv)
 
 
@@ -70,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(arguments.address or config.ray.address)
     start = time.perf_counter()
     try:
-        Pipeline(config, run, arguments.resume).execute()
+        Pipeline(config, run, arguments.resume).execute(arguments.until)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"finished in {time.perf_counter() - start:.1f} s; "
-          f"report: {run.location.rstrip('/')}/report.md")
+    where = (f"stopped after {arguments.until}: {run.location}" if arguments.until
+             else f"report: {run.location.rstrip('/')}/report.md")
+    print(f"finished in {time.perf_counter() - start:.1f} s; {where}")
     return 0
 
 

@@ -225,3 +225,18 @@ def test_dmtg_that_cannot_fit_is_refused_before_any_stage(tmp_path):
 def test_an_earlier_run_is_never_overwritten(finished):
     with pytest.raises(ConfigError, match="--resume"):
         RunDirectory(finished.path, resume=False)
+
+
+def test_until_stops_after_the_named_stage_without_a_report(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished.path, copy)
+    for name in ("groups.json", "comparison.json", "report.md"):
+        (copy / name).unlink()
+    config = parse_config(small_sbm_config(clustering={"num_groups": 3}))
+    Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute(until="groups")
+    assert json.loads((copy / "groups.json").read_text())["num_groups"] == 3
+    assert not (copy / "comparison.json").exists() and not (copy / "report.md").exists()
+    with pytest.raises(ConfigError, match=r"^--until dmtg: this config does not run"):
+        Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute(until="dmtg")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -61,7 +62,8 @@ class Pipeline:
         ran = self.run.run_stage(name, self.config.digest(*sections), files, compute, self.resume)
         print(f"[{name}] {'done' if ran else 'current, reused'}", flush=True)
 
-    def execute(self) -> None:
+    def execute(self, until: str | None = None) -> None:
+        """Run every stage, or stop after the stage named ``until`` (no report then)."""
         self.run.write_text("config.yaml", dump_config(self.config))
         self.run.manifest["config_digest"] = self.config.digest()
         start = time.perf_counter()
@@ -69,29 +71,42 @@ class Pipeline:
         self.run.manifest["taskset_seconds"] = time.perf_counter() - start
         if self.config.dmtg.enabled:
             self._check_dmtg_memory()
-        self._stage("base", BASE_SECTIONS, ["base_model.pt", "base_metrics.json"], self._base)
-        losses = ["subset_losses.npz", "subset_losses.csv"]
-        if self.grouping == "gradtag":
-            self._stage("gradients", ESTIMATE_SECTIONS,
-                        ["gradients/rows.npz", "gradients/f0.npy", "gradients/features.npy"],
-                        self._gradients)
-            self._stage("surrogates", ESTIMATE_SECTIONS, losses, self._surrogates)
-        else:
-            self._stage("true_subsets", ESTIMATE_SECTIONS, losses, self._true_subsets)
-        self._stage("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity)
-        if self.config.true_affinity.enabled:
-            files = ["true_losses.npz"] + (["true_affinity.npy"] if self.true_groups else [])
-            self._stage("true_affinity", TRUE_SECTIONS, files, self._true_losses)
-        self._stage("groups", self.group_sections, ["groups.json"], self._groups)
-        if self.config.true_affinity.enabled:
-            self._stage("error_report", self.group_sections, ["error_report.json"],
-                        self._error_report)
-        if self.config.dmtg.enabled:
-            self._stage("dmtg", (*self.group_sections, "dmtg"), ["dmtg.json"], self._dmtg)
-        self._stage("comparison", (*self.group_sections, "groups", "group_training", "dmtg"),
-                    ["comparison.json", "task_metrics.json"], self._comparison)
+        stages = self._stages()
+        if until is not None and until not in [stage[0] for stage in stages]:
+            raise ConfigError(f"--until {until}: this config does not run that stage")
+        for name, sections, files, compute in stages:
+            self._stage(name, sections, files, compute)
+            if name == until:
+                self.run.publish()
+                return
         write_report(self.run.path)
         self.run.publish()
+
+    def _stages(self) -> list[tuple[str, tuple[str, ...], list[str], Callable[[], None]]]:
+        """(name, config sections its inputs depend on, files it writes, its function) of
+        every stage this config runs, in order."""
+        losses = ["subset_losses.npz", "subset_losses.csv"]
+        stages = [("base", BASE_SECTIONS, ["base_model.pt", "base_metrics.json"], self._base)]
+        if self.grouping == "gradtag":
+            stages += [("gradients", ESTIMATE_SECTIONS, ["gradients/rows.npz", "gradients/f0.npy",
+                                                         "gradients/features.npy"],
+                        self._gradients),
+                       ("surrogates", ESTIMATE_SECTIONS, losses, self._surrogates)]
+        else:
+            stages.append(("true_subsets", ESTIMATE_SECTIONS, losses, self._true_subsets))
+        stages.append(("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity))
+        if self.config.true_affinity.enabled:
+            files = ["true_losses.npz"] + (["true_affinity.npy"] if self.true_groups else [])
+            stages.append(("true_affinity", TRUE_SECTIONS, files, self._true_losses))
+        stages.append(("groups", self.group_sections, ["groups.json"], self._groups))
+        if self.config.true_affinity.enabled:
+            stages.append(("error_report", self.group_sections, ["error_report.json"],
+                           self._error_report))
+        if self.config.dmtg.enabled:
+            stages.append(("dmtg", (*self.group_sections, "dmtg"), ["dmtg.json"], self._dmtg))
+        stages.append(("comparison", (*self.group_sections, "groups", "group_training", "dmtg"),
+                       ["comparison.json", "task_metrics.json"], self._comparison))
+        return stages
 
     def _base(self) -> None:
         (result,) = train_groups(self.taskset, [list(range(self.taskset.num_tasks))],

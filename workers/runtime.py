@@ -42,3 +42,8 @@ def usable_workers(config: RayConfig) -> int:
 def worker_threads(num_cpus: float) -> int:
     """Torch threads inside a worker: its CPU share, so results do not depend on the node."""
     return max(1, int(num_cpus))
+
+
+def single_node() -> bool:
+    """Whether the Ray cluster is this one machine (workers can read the driver's files)."""
+    return len([node for node in ray.nodes() if node["Alive"]]) == 1

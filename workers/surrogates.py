@@ -7,12 +7,12 @@ import numpy as np
 import ray
 import torch
 
-from grouping.affinity.rows import GatheredRows, RowTable
+from grouping.affinity.rows import GatheredRows, MappedRows, RowTable
 from grouping.affinity.surrogate import subset_losses
 from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
 from workers.progress import run_windowed
-from workers.runtime import usable_workers, worker_threads
+from workers.runtime import single_node, usable_workers, worker_threads
 
 
 def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: np.ndarray,
@@ -25,12 +25,14 @@ def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: n
 def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
                           gradients: np.ndarray, options: AffinityConfig,
                           config: RayConfig, shards: ShardStore | None = None) -> np.ndarray:
-    """f̂(S, i) for every subset: [m, s]. Each batch ships only the rows of its subsets'
-    tasks. With ``shards``, each finished batch is saved at once and batches saved by an
+    """f̂(S, i) for every subset: [m, s]. Workers read only the gradient rows of their
+    subsets' tasks. With ``shards``, each finished batch is saved at once and batches saved by an
     interrupted attempt are read back, not fitted again."""
     remote = ray.remote(_fit_batch).options(
         num_cpus=config.num_cpus_per_worker, max_retries=config.max_retries)
-    shared_rows = ray.put(rows)
+    shared_rows, shared_f0 = ray.put(rows), ray.put(np.asarray(f0))
+    mapped = (MappedRows(str(gradients.filename))
+              if isinstance(gradients, np.memmap) and single_node() else None)
     threads = worker_threads(config.num_cpus_per_worker)
     batches = [subsets[start:start + config.subsets_per_batch]
                for start in range(0, len(subsets), config.subsets_per_batch)]
@@ -43,10 +45,11 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
             shards.save(number, losses=losses)
 
     def submit(batch: np.ndarray) -> ray.ObjectRef:
-        """One batch with only its tasks' rows of f0 and the gradient features (read from the
-        memory map as the batch is submitted, so the driver holds a window of batches)."""
-        return remote.remote(batch, shared_rows, GatheredRows.of_tasks(rows, batch, f0),
-                             GatheredRows.of_tasks(rows, batch, gradients), options, threads)
+        """One batch of subsets. On one machine the workers map the gradient file and read
+        their subsets' rows; across machines each batch ships only its tasks' rows (read
+        from the memory map as the batch is submitted, a window of batches at a time)."""
+        features = mapped or GatheredRows.of_tasks(rows, batch, gradients)
+        return remote.remote(batch, shared_rows, shared_f0, features, options, threads)
 
     results = run_windowed(submit,
                            batches, usable_workers(config), "surrogate fits", finished,

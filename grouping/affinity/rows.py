@@ -114,3 +114,27 @@ class GatheredRows:
         ids = np.concatenate([np.arange(rows.offsets[task, 0], rows.offsets[task, 2])
                               for task in np.unique(tasks)])
         return cls(ids, np.asarray(values[ids]))
+
+
+class MappedRows:
+    """A .npy file of per-row values, opened memory-mapped where it is used (on a worker of
+    the same machine), so that only the rows indexed are ever read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_array": None}
+
+    def _opened(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._opened().shape
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        return self._opened()[index]
