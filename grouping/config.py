@@ -372,12 +372,14 @@ class DMTGConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    """Ray resources: workers per fan-out stage and each worker's share of a node."""
+    """Ray resources: workers per fan-out stage and each worker's share of a node.
+    ``num_gpus_per_surrogate`` > 0 solves the surrogate batches on that share of a GPU."""
 
     address: str | None = None
     num_workers: int = Field(2, ge=1)
     num_cpus_per_worker: float = Field(1.0, gt=0)
     num_gpus_per_worker: float = Field(0.0, ge=0)
+    num_gpus_per_surrogate: float = Field(0.0, ge=0)
     chunk_rows: int = Field(2048, ge=1)
     subsets_per_batch: int = Field(8, ge=1)
     max_retries: int = Field(3, ge=0)

@@ -16,10 +16,10 @@ from workers.runtime import single_node, usable_workers, worker_threads
 
 
 def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: np.ndarray,
-               options: AffinityConfig, threads: int) -> np.ndarray:
+               options: AffinityConfig, threads: int, device: str) -> np.ndarray:
     torch.set_num_threads(threads)
     return subset_losses(subsets, rows, f0, gradients, options.l2, options.newton_iterations,
-                         options.tolerance)
+                         options.tolerance, device)
 
 
 def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
@@ -29,7 +29,9 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
     subsets' tasks. With ``shards``, each finished batch is saved at once and batches saved by an
     interrupted attempt are read back, not fitted again."""
     remote = ray.remote(_fit_batch).options(
-        num_cpus=config.num_cpus_per_worker, max_retries=config.max_retries)
+        num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_surrogate,
+        max_retries=config.max_retries)
+    device = "cuda" if config.num_gpus_per_surrogate > 0 else "cpu"
     shared_rows, shared_f0 = ray.put(rows), ray.put(np.asarray(f0))
     mapped = (MappedRows(str(gradients.filename))
               if isinstance(gradients, np.memmap) and single_node() else None)
@@ -49,7 +51,7 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
         their subsets' rows; across machines each batch ships only its tasks' rows (read
         from the memory map as the batch is submitted, a window of batches at a time)."""
         features = mapped or GatheredRows.of_tasks(rows, batch, gradients)
-        return remote.remote(batch, shared_rows, shared_f0, features, options, threads)
+        return remote.remote(batch, shared_rows, shared_f0, features, options, threads, device)
 
     results = run_windowed(submit,
                            batches, usable_workers(config), "surrogate fits", finished,
