@@ -419,9 +419,6 @@ class RunConfig(_Strict):
         if isinstance(self.taskset, InstructionsTaskSet) and self.dmtg.enabled:
             raise ValueError("dmtg.enabled: DMTG branches a SIGN-MLP trunk; it is not "
                              "available for instructions task sets (set dmtg.enabled: false)")
-        if isinstance(self.taskset, InstructionsTaskSet) and self.true_affinity.enabled:
-            raise ValueError("true_affinity.enabled: the error report is not available for "
-                             "instructions task sets yet (affinity.method 'true' is)")
         k = self.clustering.num_groups
         if k != "auto" and not 1 <= k <= num_tasks:
             raise ValueError(f"clustering.num_groups ({k}) must be between 1 and the number "

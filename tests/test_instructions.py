@@ -305,7 +305,8 @@ def test_projection_blocks_do_not_depend_on_the_frozen_backbone():
 
 
 def test_instruction_tasks_run_through_the_pipeline(ray_session, tmp_path):
-    config = parse_config(_config(_suite()))
+    config = parse_config(_config(_suite(), true_affinity={
+        "enabled": True, "num_subsets": 4, "epochs": 2, "repeat": True}))
     run = RunDirectory(tmp_path / "run", resume=False)
     Pipeline(config, run, resume=False).execute()
     groups = json.loads(run.file("groups.json").read_text())
@@ -319,4 +320,8 @@ def test_instruction_tasks_run_through_the_pipeline(ray_session, tmp_path):
         assert 0 <= row["mean_test_token_accuracy"] <= 1
     saved = torch.load(run.file("base_model.pt"), weights_only=True)
     assert all("lora_" in name for name in saved["state"])
-    assert "exact match" in run.file("report.md").read_text()
+    report = run.file("report.md").read_text()
+    assert "exact match" in report and "Estimated vs true affinity" in report
+    errors = json.loads(run.file("error_report.json").read_text())
+    assert errors["num_pairs"] == 4 * 3 and np.isfinite(errors["relative_distance"])
+    assert errors["linearization_error"] == [] and errors["flops"]["ratio"] > 0

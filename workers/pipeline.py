@@ -10,7 +10,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
-from torch import nn
 
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.computers import feature_dim
@@ -116,9 +115,6 @@ class Pipeline:
         self.run.write_json("base_metrics.json", {key: result[key] for key in (
             "tasks", "best_epoch", "best_val_loss", "seconds")})
 
-    def _base_model(self) -> nn.Module:
-        return restore(*self._load_base())
-
     def _load_base(self) -> tuple[Spec, dict]:
         saved = self.run.load_torch("base_model.pt")
         return spec_from_dict(saved["spec"]), saved["state"]
@@ -220,7 +216,7 @@ class Pipeline:
                 subsets, losses, self.taskset.num_tasks))
 
     def _error_report(self) -> None:
-        report = ErrorStage(self.run, self.taskset, self.config, self._base_model()).report()
+        report = ErrorStage(self.run, self.taskset, self.config, *self._load_base()).report()
         report["groups_ari"] = self.run.read_json("groups.json").get("ari_estimated_vs_true")
         self.run.write_json("error_report.json", report)
 

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
-from grouping.affinity.gradients import output_gradients
-from grouping.affinity.kronecker import head_logits, make_projector, projected_output_gradients
-from grouping.affinity.projection import dense_projection
+from grouping.affinity.computers import GradientComputer
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import subset_losses
-from grouping.affinity.true_affinity import fine_tune, linearization_error
+from grouping.affinity.true_affinity import fine_tune, fine_tune_adapter, linearization_error
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
 from grouping.evaluation.error_report import error_report
 from grouping.evaluation.flops import count_flops, flop_comparison
-from grouping.tasksets import VAL, TaskSet
+from grouping.models import Spec, restore
+from grouping.models.lora_lm import LMSpec
+from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet
 
 CPU = torch.device("cpu")
 
@@ -27,25 +26,33 @@ class ErrorStage:
     """Reads a run's gradient features, estimated and true subset losses; computes the
     figures of error_report.json."""
 
-    def __init__(self, run: RunDirectory, taskset: TaskSet, config: RunConfig,
-                 base: nn.Module) -> None:
-        self.run, self.taskset, self.config, self.base = run, taskset, config, base
+    def __init__(self, run: RunDirectory, taskset: AnyTaskSet, config: RunConfig, spec: Spec,
+                 state: dict[str, torch.Tensor]) -> None:
+        self.run, self.taskset, self.config, self.spec = run, taskset, config, spec
+        self.base = restore(spec, state)
+        self.language_model = isinstance(spec, LMSpec)
         self.rows = RowTable(**run.load_arrays("gradients/rows.npz"))
         self.f0 = run.load_array("gradients/f0.npy")
         self.gradients = run.load_array("gradients/features.npy", mmap=True)
         options = config.affinity
-        self.projector = None if options.projection == "dense" else make_projector(
-            options.projection, base, options.projection_dim, config.seed,
-            options.intermediate_dim)
-        shapes = {name: param.shape for name, param in base.named_parameters()}
-        self.projection = dense_projection(shapes, options.projection_dim, config.seed)
+        self.computer = GradientComputer(spec, state, taskset, options.projection_dim,
+                                         config.seed, options.projection,
+                                         options.intermediate_dim)
+
+    def _scorable(self) -> np.ndarray:
+        """Tasks whose validation loss measures something: a positive validation example
+        (binary tasks), any validation example (instruction tasks, all labelled 1)."""
+        val = self.taskset.indices(VAL)
+        if isinstance(self.taskset, InstructionTaskSet):
+            return np.bincount(self.taskset.task[val], minlength=self.taskset.num_tasks) > 0
+        return self.taskset.labels[val].sum(0) > 0
 
     def report(self) -> dict:
         """Every figure of error_report.json except the grouping ARI (added by the caller)."""
         true = self.run.load_arrays("true_losses.npz")
         estimated = self.run.load_arrays("subset_losses.npz")
         tasks = true["subsets"].ravel()
-        has_positive = self.taskset.labels[self.taskset.indices(VAL)].sum(0) > 0
+        has_positive = self._scorable()
         keep = has_positive[tasks]
         estimate = estimated["losses"][true["subset_index"]].ravel()
         repeat = true["losses_repeat"].ravel()[keep] if "losses_repeat" in true else None
@@ -65,38 +72,36 @@ class ErrorStage:
         report["fine_tuning"] = self.config.true_affinity.model_dump()
         return report
 
-    def _fine_tune(self, subset: np.ndarray) -> nn.Module:
-        return fine_tune(self.base, self.taskset, subset, self.config.fine_tuning(),
-                         self.config.true_affinity.epochs, self.config.seed, CPU)
-
-    def _inputs(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.tensor(self.taskset.features[self.rows.example[index]]),
-                torch.tensor(self.rows.task[index]))
+    def _fine_tune(self, subset: np.ndarray) -> object:
+        """True fine-tuning on ``subset``: the tuned SIGN-MLP, or an adapter's losses."""
+        config, epochs = self.config.fine_tuning(), self.config.true_affinity.epochs
+        if self.language_model:
+            return fine_tune_adapter(self.base, self.spec, self.taskset, subset, config, epochs,
+                                     self.config.seed, CPU)
+        return fine_tune(self.base, self.taskset, subset, config, epochs, self.config.seed, CPU)
 
     def linearization(self, subsets: np.ndarray) -> list[float]:
         """Linearised vs really fine-tuned logits on the validation rows of a few subsets
-        (with the dense projection, whose Pᵀ Δθ is taken per parameter; none otherwise)."""
+        (SIGN-MLP with the dense projection, whose Pᵀ Δθ is taken per parameter; none
+        otherwise)."""
         errors = []
-        if self.projector is not None:
+        if self.language_model or self.computer.projector is not None:
             return errors
         for subset in subsets:
             index = self.rows.rows_of(subset, 1)
+            inputs = torch.tensor(self.taskset.features[self.rows.example[index]])
             errors.append(linearization_error(
-                self.base, self._fine_tune(subset), self.projection, *self._inputs(index),
-                self.f0[index].astype(np.float64), self.gradients[index]))
+                self.base, self._fine_tune(subset), self.computer.projection, inputs,
+                torch.tensor(self.rows.task[index]), self.f0[index].astype(np.float64),
+                self.gradients[index]))
         return errors
 
     def flops(self, subsets: np.ndarray, true_subset: np.ndarray) -> dict[str, float]:
         """Counted FLOPs: gradient features per row and surrogate fits per subset (measured
         on a sample and scaled to all rows and subsets) against one true fine-tuning."""
         sample = np.arange(min(256, len(self.rows.example)))
-        inputs, tasks = self._inputs(sample)
-        if self.projector is None:
-            per_row = count_flops(lambda: output_gradients(self.base, self.projection, inputs,
-                                                           tasks)) / len(sample)
-        else:
-            per_row = count_flops(lambda: projected_output_gradients(
-                self.base, self.projector, head_logits, (inputs, tasks))) / len(sample)
+        per_row = count_flops(lambda: self.computer(self.rows.example[sample],
+                                                    self.rows.task[sample])) / len(sample)
         options = self.config.affinity
         fitted = subsets[:2]
         per_subset = count_flops(lambda: subset_losses(
