@@ -33,7 +33,8 @@ class EncodedExamples:
 
     def rows(self, index: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
         """The tensors of some examples, as a dict of model inputs and targets."""
-        index = torch.as_tensor(np.array(index))
+        if not isinstance(index, torch.Tensor):
+            index = torch.from_numpy(np.array(index, dtype=np.int64))
         picked = {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
                   "targets": self.targets[index], "answer_mask": self.answer_mask[index],
                   "logodds_weight": self.logodds_weight[index]}
