@@ -42,6 +42,9 @@ def test_overrides_set_nested_fields_with_yaml_values():
      "true_affinity.enabled"),
     ({"group_training": {"optimizers": ["sgd"]}}, "group_training.optimizers"),
     ({"group_training": {"lrs": []}}, "group_training.lrs"),
+    ({"affinity": {"surrogate_dtype": "float16"}}, "affinity.surrogate_dtype"),
+    ({"affinity": {"projection": "sparse"}}, "affinity.projection"),
+    ({"clustering": {"solver": "MOSEK"}}, "clustering.solver"),
 ])
 def test_mistakes_name_their_field(change, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -19,7 +19,7 @@ def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: n
                options: AffinityConfig, threads: int, device: str) -> np.ndarray:
     torch.set_num_threads(threads)
     return subset_losses(subsets, rows, f0, gradients, options.l2, options.newton_iterations,
-                         options.tolerance, device)
+                         options.tolerance, device, getattr(torch, options.surrogate_dtype))
 
 
 def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
