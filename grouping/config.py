@@ -377,7 +377,9 @@ class DMTGConfig(_Strict):
 
 class RayConfig(_Strict):
     """Ray resources: workers per fan-out stage and each worker's share of a node.
-    ``num_gpus_per_surrogate`` > 0 solves the surrogate batches on that share of a GPU."""
+    ``num_gpus_per_surrogate`` > 0 solves the surrogate batches on that share of a GPU.
+    ``subsets_per_batch`` subsets go to a worker at once: the more of them share a task, the
+    fewer times its rows are read (see :mod:`grouping.affinity.surrogate`)."""
 
     address: str | None = None
     num_workers: int = Field(2, ge=1)
@@ -385,7 +387,7 @@ class RayConfig(_Strict):
     num_gpus_per_worker: float = Field(0.0, ge=0)
     num_gpus_per_surrogate: float = Field(0.0, ge=0)
     chunk_rows: int = Field(2048, ge=1)
-    subsets_per_batch: int = Field(8, ge=1)
+    subsets_per_batch: int = Field(64, ge=1)
     max_retries: int = Field(3, ge=0)
 
 

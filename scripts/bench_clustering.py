@@ -3,7 +3,8 @@
 For each number of tasks n: a planted block affinity (1 within, −0.3 across ``--groups``
 equal groups, plus symmetric Gaussian noise of scale ``--noise``, seeded) is clustered by the
 low-rank Burer–Monteiro solver and by the reference cvxpy + SCS solver at its default
-settings, both followed by the same k-means rounding. Prints the median seconds of
+settings, both followed by k-means rounding (for the low-rank solver from its factor V, which
+gives the k-means of the rows of X = VVᵀ without forming X). Prints the median seconds of
 ``--repeats`` runs (solve and rounding), their ratio reference / low-rank, the relative
 objective gap (⟨T, X_sdp⟩ − ⟨T, X_lowrank⟩) / |⟨T, X_sdp⟩| and the adjusted Rand index of each
 grouping against the planted groups. The reference is skipped above ``--reference-max`` tasks.
@@ -28,8 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from grouping.clustering.lowrank import solve_lowrank  # noqa: E402
-from grouping.clustering.rounding import groups_to_labels, round_to_groups  # noqa: E402
+from grouping.clustering.lowrank import solve_lowrank_factor  # noqa: E402
+from grouping.clustering.rounding import (  # noqa: E402
+    groups_to_labels,
+    round_factor_to_groups,
+    round_to_groups,
+)
 from grouping.clustering.sdp import solve_sdp  # noqa: E402
 
 Solution = tuple[np.ndarray, list[list[int]]]
@@ -48,9 +53,10 @@ def planted_affinity(size: int, num_groups: int, noise: float,
 
 
 def lowrank_solution(affinity: np.ndarray, num_groups: int, seed: int) -> Solution:
-    """X from the low-rank solver and its groups (what ``lowrank_groups`` returns)."""
-    matrix = solve_lowrank(affinity, num_groups, seed)
-    return matrix, round_to_groups(matrix, num_groups, seed)
+    """V with X = VVᵀ from the low-rank solver and its groups rounded from V without forming X
+    (what ``lowrank_groups`` returns)."""
+    factor = solve_lowrank_factor(affinity, num_groups, seed)
+    return factor, round_factor_to_groups(factor, num_groups, seed)
 
 
 def reference_solution(affinity: np.ndarray, num_groups: int, seed: int) -> Solution:
@@ -78,9 +84,9 @@ def bench(size: int, args: argparse.Namespace) -> dict:
     """Median seconds, objective and ARI of the low-rank solver and, up to the limit, SCS."""
     affinity, labels = planted_affinity(size, args.groups, args.noise, args.seed)
     row: dict = {"size": size}
-    seconds, (matrix, groups) = median_seconds(
+    seconds, (factor, groups) = median_seconds(
         lambda: lowrank_solution(affinity, args.groups, args.seed), args.repeats)
-    row["lowrank"] = {"seconds": seconds, "objective": float(np.sum(affinity * matrix)),
+    row["lowrank"] = {"seconds": seconds, "objective": float(np.sum(factor * (affinity @ factor))),
                       "ari": ari(groups, labels)}
     if size <= args.reference_max:
         seconds, (matrix, groups) = median_seconds(

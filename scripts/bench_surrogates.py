@@ -12,11 +12,14 @@ each task of each subset is computed:
 * ``batched``: :func:`grouping.affinity.surrogate.subset_losses`, all subsets in one call, on
   ``--device`` with the features in ``--dtype``.
 
-Reports subsets per second of both (median of ``--repeats`` interleaved rounds), their ratio,
+Reports subsets per second of both (median of ``--repeats`` rounds of each, after a warm-up
+round; each function's rounds follow one another, as its calls do in use: a batched call
+right after a round of scikit-learn fits runs up to twice as slow, faulting in again the
+memory those fits left behind, which a surrogate worker's back-to-back calls never do), their ratio,
 the largest absolute and relative difference of the validation losses, and the batched rate
 for each number of subsets per call in ``--batch-sizes``.
 
-    python scripts/bench_surrogates.py --tasks 100 --subsets 64 --device auto --json bench.json
+    python scripts/bench_surrogates.py --tasks 100 --subsets 128 --device auto --json bench.json
 """
 
 from __future__ import annotations
@@ -94,12 +97,12 @@ def _median_rates(functions: dict[str, Callable[[], object]], count: int, repeat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100)
-    parser.add_argument("--rows-per-task", type=int, default=140, help="training rows")
-    parser.add_argument("--val-rows-per-task", type=int, default=35)
+    parser.add_argument("--rows-per-task", type=int, default=1400, help="training rows")
+    parser.add_argument("--val-rows-per-task", type=int, default=350)
     parser.add_argument("--dim", type=int, default=200)
     parser.add_argument("--subset-size", type=int, default=10)
-    parser.add_argument("--subsets", type=int, default=64)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64],
+    parser.add_argument("--subsets", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128],
                         help="subsets per call of the batched solve, for the sweep")
     parser.add_argument("--l2", type=float, default=0.1)
     parser.add_argument("--tolerance", type=float, default=1e-8)
@@ -133,9 +136,11 @@ def main() -> None:
           f"{len(subsets)} subsets of {args.subset_size} tasks, "
           f"{args.subset_size * args.rows_per_task} × {args.dim} training rows each, "
           f"median of {args.repeats}")
-    rates = _median_rates({"sklearn": lambda: sklearn_losses(subsets, rows, gradients, args.l2,
-                                                             args.tolerance),
-                           "batched": batched(len(subsets))}, len(subsets), args.repeats, device)
+    rates = {**_median_rates({"sklearn": lambda: sklearn_losses(subsets, rows, gradients,
+                                                                args.l2, args.tolerance)},
+                             len(subsets), args.repeats, device),
+             **_median_rates({"batched": batched(len(subsets))}, len(subsets), args.repeats,
+                             device)}
     ratio = rates["batched"] / rates["sklearn"]
     print(f"sklearn {rates['sklearn']:.1f} subsets/s, batched {rates['batched']:.1f} subsets/s, "
           f"batched/sklearn {ratio:.1f}")

@@ -11,10 +11,21 @@ import numpy as np
 import pytest
 from planted import planted_affinity
 from scipy.optimize import check_grad
+from scipy.spatial.distance import pdist
 from sklearn.metrics import adjusted_rand_score
 
 from grouping.clustering import groups_to_labels, sdp_groups, solve_sdp
-from grouping.clustering.lowrank import lagrangian, lowrank_groups, solve_lowrank
+from grouping.clustering.lowrank import (
+    lagrangian,
+    lowrank_groups,
+    solve_lowrank,
+    solve_lowrank_factor,
+)
+from grouping.clustering.rounding import (
+    factor_embedding,
+    round_factor_to_groups,
+    round_to_groups,
+)
 
 PLANTED_GAP = 1e-3
 UNSTRUCTURED_GAP = 6e-2
@@ -100,3 +111,20 @@ def test_the_configured_solver_picks_the_low_rank_method():
     assert sdp_groups(affinity, 3, "LOWRANK", seed=0) == low_rank
     assert sdp_groups(affinity, 3, "auto", seed=0) == sdp_groups(affinity, 3, "SCS", seed=0)
     assert adjusted_rand_score(truth, groups_to_labels(low_rank, len(truth))) == 1.0
+
+
+def test_factor_embedding_keeps_the_row_distances_of_the_matrix():
+    factor = np.random.default_rng(12).uniform(size=(30, 6))
+    assert np.allclose(pdist(factor_embedding(factor)), pdist(factor @ factor.T))
+
+
+@pytest.mark.parametrize(("sizes", "noise", "seed"), [([6, 4, 8, 5], 0.3, 13),
+                                                      ([15, 10, 20, 12], 1.0, 14),
+                                                      ([9, 7, 11, 8, 10], 2.0, 15),
+                                                      ([12, 12, 12], 3.0, 16)])
+def test_rounding_the_factor_gives_the_groups_of_the_matrix(sizes, noise, seed):
+    affinity, _ = planted_affinity(sizes, noise, seed)
+    factor = solve_lowrank_factor(affinity, len(sizes), seed=0)
+    from_matrix = round_to_groups(factor @ factor.T, len(sizes), seed=0)
+    assert round_factor_to_groups(factor, len(sizes), seed=0) == from_matrix
+    assert lowrank_groups(affinity, len(sizes), seed=0) == from_matrix

@@ -12,7 +12,7 @@ from grouping.affinity import surrogate
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import (
     fit_logistic_offset,
-    pad_problems,
+    problem_blocks,
     subset_losses,
     weighted_task_losses,
 )
@@ -30,7 +30,7 @@ def test_matches_sklearn_without_offset():
     rng = np.random.default_rng(0)
     problems = [_problem(rng, rows, 12) for rows in (300, 250, 400)]
     l2 = 0.05
-    fitted = fit_logistic_offset(pad_problems(problems), l2, tolerance=1e-12).numpy()
+    fitted = fit_logistic_offset(problem_blocks(problems), l2, tolerance=1e-12).numpy()
     for (features, _, labels, weights), coefficients in zip(problems, fitted):
         reference = LogisticRegression(C=1 / (2 * l2 * weights.sum()), fit_intercept=False,
                                        tol=1e-12, max_iter=10_000).fit(features, labels).coef_[0]
@@ -50,7 +50,7 @@ def test_matches_scipy_with_offset_and_weights():
 
     reference = minimize(objective, np.zeros(8), method="L-BFGS-B",
                          options={"gtol": 1e-12, "ftol": 1e-15}).x
-    fitted = fit_logistic_offset(pad_problems([(features, offset, labels, weights)]), l2,
+    fitted = fit_logistic_offset(problem_blocks([(features, offset, labels, weights)]), l2,
                                  tolerance=1e-12)[0].numpy()
     assert np.allclose(fitted, reference, rtol=1e-4, atol=1e-6)
 
@@ -58,8 +58,8 @@ def test_matches_scipy_with_offset_and_weights():
 def test_padding_does_not_change_a_solution():
     rng = np.random.default_rng(2)
     short, long = _problem(rng, 50, 6), _problem(rng, 400, 6)
-    alone = fit_logistic_offset(pad_problems([short]), 0.1)[0]
-    batched = fit_logistic_offset(pad_problems([short, long]), 0.1)[0]
+    alone = fit_logistic_offset(problem_blocks([short]), 0.1)[0]
+    batched = fit_logistic_offset(problem_blocks([short, long]), 0.1)[0]
     assert torch.allclose(alone, batched, atol=1e-9)
 
 
@@ -79,7 +79,7 @@ def test_subset_losses_are_validation_losses_of_each_task():
     subset = np.array([[0, 2]])
     losses = subset_losses(subset, rows, f0, gradients, l2=0.1)
     train = rows.rows_of(subset[0], 0)
-    weights = fit_logistic_offset(pad_problems([(gradients[train], f0[train], labels[train],
+    weights = fit_logistic_offset(problem_blocks([(gradients[train], f0[train], labels[train],
                                                  np.ones(len(train)))]), 0.1)[0].numpy()
     for position, task in enumerate(subset[0]):
         val = np.arange(offsets[task, 1], offsets[task, 2])
@@ -130,9 +130,9 @@ def test_float32_stops_at_its_resolution(monkeypatch):
         return newton_direction(*args)
 
     monkeypatch.setattr(surrogate, "_newton_direction", counted)
-    fast = fit_logistic_offset(pad_problems(problems, torch.float32), 0.05, tolerance=1e-14)
+    fast = fit_logistic_offset(problem_blocks(problems, torch.float32), 0.05, tolerance=1e-14)
     assert len(steps) < 15
-    exact = fit_logistic_offset(pad_problems(problems), 0.05, tolerance=1e-12)
+    exact = fit_logistic_offset(problem_blocks(problems), 0.05, tolerance=1e-12)
     assert torch.allclose(fast, exact, rtol=1e-4, atol=1e-6)
 
 
@@ -145,9 +145,9 @@ def test_subset_losses_on_a_device_match_the_cpu(device):
     losses = subset_losses(subsets, rows, f0, gradients, l2=0.1, device=torch.device(device))
     assert np.allclose(losses, expected, rtol=1e-6, atol=0)
     problems = [_problem(rng, count, 12, offset_scale=1.0) for count in (200, 150)]
-    fitted = fit_logistic_offset(pad_problems(problems, device=device), 0.1)
+    fitted = fit_logistic_offset(problem_blocks(problems, device=device), 0.1)
     assert fitted.device.type == device
-    assert torch.allclose(fitted.cpu(), fit_logistic_offset(pad_problems(problems), 0.1),
+    assert torch.allclose(fitted.cpu(), fit_logistic_offset(problem_blocks(problems), 0.1),
                           rtol=1e-6, atol=1e-9)
 
 
@@ -156,7 +156,7 @@ def test_groups_of_subsets_do_not_change_the_losses(monkeypatch):
     rows, f0, gradients = _row_table(rng, 8, 10)
     subsets = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [5, 6, 7], [0, 3, 7]])
     together = subset_losses(subsets, rows, f0, gradients, l2=0.1)
-    monkeypatch.setattr(surrogate, "CPU_CHUNK_BYTES", 1)
+    monkeypatch.setattr(surrogate, "CPU_PAIR_ROWS", 1)
     alone = subset_losses(subsets, rows, f0, gradients, l2=0.1)
     assert np.allclose(alone, together, rtol=1e-9, atol=0)
 
@@ -190,3 +190,97 @@ def test_subset_losses_read_only_their_rows_of_a_memory_map(tmp_path):
     assert np.isin(np.concatenate(recorded.read), used).all()
     assert np.array_equal(losses, subset_losses(subsets, rows, f0, mapped, l2=0.1))
     assert np.allclose(losses, subset_losses(subsets, rows, f0, gradients, l2=0.1), rtol=1e-12)
+
+
+def _objective_at(problem, l2: float):
+    features, offset, labels, weights = (torch.tensor(array, dtype=torch.float64)
+                                         for array in problem)
+
+    def objective(w):
+        logits = offset + features @ w
+        losses = torch.nn.functional.softplus(logits) - labels * logits
+        return weights @ losses / weights.sum() + l2 * w @ w
+    return objective
+
+
+def test_task_curvatures_are_the_hessian_at_zero_times_the_weight():
+    rng = np.random.default_rng(9)
+    rows, f0, gradients = _row_table(rng, 3, 6)
+    curvatures = surrogate.task_curvatures(rows, f0, gradients)
+    for task in range(3):
+        train = np.arange(rows.offsets[task, 0], rows.offsets[task, 1])
+        problem = (gradients[train], f0[train], rows.label[train], rows.weight[train])
+        hessian = torch.autograd.functional.hessian(_objective_at(problem, 0.0),
+                                                    torch.zeros(6, dtype=torch.float64))
+        expected = hessian.numpy() * rows.weight[train].sum()
+        assert np.allclose(curvatures[task], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_preconditioning_changes_the_path_not_the_solution(monkeypatch):
+    rng = np.random.default_rng(10)
+    rows, f0, gradients = _row_table(rng, 8, 12)
+    subsets = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [1, 6, 7]])
+    monkeypatch.setattr(surrogate, "PRECONDITION_ROWS", 0.0)
+    assert surrogate.preconditioned(subsets, rows, 12)
+    with_curvature = subset_losses(subsets, rows, f0, gradients, l2=0.1)
+    given = subset_losses(subsets, rows, f0, gradients, l2=0.1,
+                          curvatures=surrogate.task_curvatures(rows, f0, gradients))
+    monkeypatch.setattr(surrogate, "PRECONDITION_ROWS", np.inf)
+    plain = subset_losses(subsets, rows, f0, gradients, l2=0.1)
+    assert np.allclose(with_curvature, plain, rtol=1e-6, atol=0)
+    assert np.array_equal(with_curvature, given)
+
+
+def test_first_preconditioned_newton_system_takes_one_iteration(monkeypatch):
+    rng = np.random.default_rng(11)
+    problems = [_problem(rng, rows, 15, offset_scale=1.0) for rows in (300, 200)]
+    blocks = problem_blocks(problems)
+    passes = []
+    forward = surrogate.TaskBlocks.forward
+
+    def counted(self, vectors):
+        passes.append(1)
+        return forward(self, vectors)
+
+    monkeypatch.setattr(surrogate.TaskBlocks, "forward", counted)
+    prob = torch.sigmoid(blocks.offset)
+    share = blocks.weight / blocks.per_subset(blocks.weight)[blocks.row_subset]
+    gradient = blocks.backward(share * (prob - blocks.label))
+    inverse = surrogate._preconditioner(surrogate._block_curvatures(blocks),
+                                        blocks.per_subset(blocks.weight), 0.1)
+    step, _ = surrogate._newton_direction(blocks, inverse, share * prob * (1 - prob), gradient,
+                                          0.1)
+    assert len(passes) == 1
+    for number, problem in enumerate(problems):
+        zero = torch.zeros(15, dtype=torch.float64)
+        exact = torch.linalg.solve(torch.autograd.functional.hessian(_objective_at(problem, 0.1),
+                                                                     zero), gradient[number])
+        assert torch.allclose(step[number], exact, rtol=1e-8, atol=1e-12)
+
+
+def test_tasks_of_very_different_lengths_share_no_padding_bucket():
+    rng = np.random.default_rng(12)
+    problems = [_problem(rng, rows, 5) for rows in (400, 380, 60, 50, 5)]
+    blocks = problem_blocks(problems)
+    assert [bucket.features.shape[1] for bucket in blocks.buckets] == [400, 60, 5]
+    together = fit_logistic_offset(blocks, 0.1, tolerance=1e-12)
+    for number, problem in enumerate(problems):
+        alone = fit_logistic_offset(problem_blocks([problem]), 0.1, tolerance=1e-12)[0]
+        assert torch.allclose(together[number], alone, rtol=1e-9, atol=1e-12)
+
+
+def test_task_major_passes_equal_subset_by_subset_products():
+    rng = np.random.default_rng(13)
+    rows, f0, gradients = _row_table(rng, 6, 7)
+    subsets = np.array([[0, 1, 2], [1, 2, 3], [0, 4, 5]])
+    blocks = surrogate._subset_blocks(subsets, 0, rows, f0, gradients, torch.float64,
+                                      torch.device("cpu"))
+    vectors = torch.tensor(rng.normal(size=(3, 7)))
+    weighted_forward = blocks.per_subset(blocks.weight * blocks.forward(vectors)).numpy()
+    backward = blocks.backward(blocks.weight * blocks.offset).numpy()
+    for number, subset in enumerate(subsets):
+        train = rows.rows_of(subset, 0)
+        features = gradients[train].astype(np.float64)
+        assert np.allclose(backward[number], features.T @ (rows.weight[train] * f0[train]))
+        assert weighted_forward[number] == pytest.approx(
+            rows.weight[train] @ features @ vectors[number].numpy())

@@ -8,7 +8,7 @@ import ray
 import torch
 
 from grouping.affinity.rows import GatheredRows, MappedRows, RowTable
-from grouping.affinity.surrogate import subset_losses
+from grouping.affinity.surrogate import preconditioned, subset_losses, task_curvatures
 from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
 from workers.progress import run_windowed
@@ -16,23 +16,29 @@ from workers.runtime import single_node, usable_workers, worker_threads
 
 
 def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: np.ndarray,
-               options: AffinityConfig, threads: int, device: str) -> np.ndarray:
+               curvatures: np.ndarray | None, options: AffinityConfig, threads: int,
+               device: str) -> np.ndarray:
     torch.set_num_threads(threads)
     return subset_losses(subsets, rows, f0, gradients, options.l2, options.newton_iterations,
-                         options.tolerance, device, getattr(torch, options.surrogate_dtype))
+                         options.tolerance, device, getattr(torch, options.surrogate_dtype),
+                         curvatures)
 
 
 def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
                           gradients: np.ndarray, options: AffinityConfig,
                           config: RayConfig, shards: ShardStore | None = None) -> np.ndarray:
     """f̂(S, i) for every subset: [m, s]. Workers read only the gradient rows of their
-    subsets' tasks. With ``shards``, each finished batch is saved at once and batches saved by an
-    interrupted attempt are read back, not fitted again."""
+    subsets' tasks. Where the fits are preconditioned, every task's curvature term is formed
+    once here and shared through the object store. With ``shards``, each finished batch is
+    saved at once and batches saved by an interrupted attempt are read back, not fitted
+    again."""
     remote = ray.remote(_fit_batch).options(
         num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_surrogate,
         max_retries=config.max_retries)
     device = "cuda" if config.num_gpus_per_surrogate > 0 else "cpu"
     shared_rows, shared_f0 = ray.put(rows), ray.put(np.asarray(f0))
+    curvatures = ray.put(task_curvatures(rows, f0, gradients)
+                         if preconditioned(subsets, rows, gradients.shape[1]) else None)
     mapped = (MappedRows(str(gradients.filename))
               if isinstance(gradients, np.memmap) and single_node() else None)
     threads = worker_threads(config.num_cpus_per_worker)
@@ -51,7 +57,8 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
         their subsets' rows; across machines each batch ships only its tasks' rows (read
         from the memory map as the batch is submitted, a window of batches at a time)."""
         features = mapped or GatheredRows.of_tasks(rows, batch, gradients)
-        return remote.remote(batch, shared_rows, shared_f0, features, options, threads, device)
+        return remote.remote(batch, shared_rows, shared_f0, features, curvatures, options,
+                             threads, device)
 
     results = run_windowed(submit,
                            batches, usable_workers(config), "surrogate fits", finished,

@@ -8,9 +8,13 @@ Many subsets are solved at once by a batched, damped Newton method. Each Newton 
 (Gᵀ C G + 2λI) p = ∇ is solved by conjugate gradients with Hessian-vector products Gᵀ(C(Gv)),
 never forming the d × d Hessian, and the step length is searched on the logits f0 + Gw, which
 move along the already known G p: a Newton iteration costs one pass over the rows for the
-gradient and two per conjugate-gradient iteration, each one batched matrix product. The
-passes run in the features' dtype (float64, or float32 at half the memory traffic), the rest
-in float64.
+gradient and two per conjugate-gradient iteration.
+
+The passes are task-major (:class:`TaskBlocks`): the rows of each task are stored once, and
+one pass multiplies them by the vectors of all subsets that hold the task, X_t [w_S1 … w_Sm],
+a matrix product, where a subset-by-subset pass would read the task's rows m times for m
+matrix-vector products. The passes run in the features' dtype (float64, or float32 at half
+the memory traffic), the rest in float64.
 """
 
 from __future__ import annotations
@@ -23,112 +27,299 @@ from torch.nn.functional import softplus
 
 from grouping.tasksets import TRAIN, VAL
 
-CPU_CHUNK_BYTES = 8 << 20
-"""On the CPU, problems are solved in groups of at most this many bytes of features, so that
-the repeated passes over a group's rows read from cache rather than from memory."""
+CPU_PAIR_ROWS = 1 << 21
+"""On the CPU, subsets are solved in groups of at most this many (subset, row) pairs; each
+per-pair array of a group (logits, curvature, …) then takes 16 MiB in float64."""
+
+PRECONDITION_ROWS = 1 / 16
+"""Subsets are preconditioned when their mean number of training rows is at least this
+fraction of d²: forming, factoring and inverting a d × d Hessian costs about d³ operations
+per subset, while each Newton-CG pass it saves costs about 2nd, and it saves twenty or so
+of them."""
+
+BUCKET_SLACK = 0.8
+"""Tasks padded to a common length share one batched product when the shortest is at least
+this fraction of the longest."""
+
+TaskRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""One task's rows in one split: features [n, d], offset f0, label, weight [n]."""
 
 
 @dataclass(frozen=True)
-class SurrogateBatch:
-    """B padded problems: features [B, n, d] in the dtype of the passes over the rows;
-    offset/label/weight [B, n] in float64 (weight 0 = padding)."""
+class Bucket:
+    """T tasks of similar length, padded to n rows, and the m slots of each task: the subsets
+    that hold it. ``features`` [T, n, d]; ``slot_subset`` [T, m], B for an empty slot."""
 
     features: torch.Tensor
+    slot_subset: torch.Tensor
+
+    @property
+    def pairs(self) -> int:
+        return self.slot_subset.numel() * self.features.shape[1]
+
+
+@dataclass(frozen=True)
+class TaskBlocks:
+    """The rows of the tasks of B subsets in one split, each task's rows stored once.
+
+    A (subset, row) pair lives in a flat float64 array of ``pairs`` entries, bucket after
+    bucket, each bucket's part shaped [T, m, n] (task, slot, row). ``offset``, ``label`` and
+    ``weight`` are the pairs' f0, y and ω (ω = 0 on padding rows and empty slots);
+    ``row_subset`` holds each pair's subset (B when empty); ``pair_slot`` [B, s] holds the
+    global slot (bucket by bucket, task-major) of each subset's k-th task.
+    """
+
+    buckets: list[Bucket]
     offset: torch.Tensor
     label: torch.Tensor
     weight: torch.Tensor
+    row_subset: torch.Tensor
+    pair_slot: torch.Tensor
 
-    def __getitem__(self, index: slice) -> SurrogateBatch:
-        return SurrogateBatch(self.features[index], self.offset[index], self.label[index],
-                              self.weight[index])
+    @property
+    def num_subsets(self) -> int:
+        return self.pair_slot.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.buckets[0].features.shape[2]
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Each bucket's part of a per-pair array, shaped [T, m, n]."""
+        parts, start = [], 0
+        for bucket in self.buckets:
+            tasks, slots = bucket.slot_subset.shape
+            parts.append(flat[start:start + bucket.pairs].view(tasks, slots, -1))
+            start += bucket.pairs
+        return parts
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        """G_S w_S for every subset: [B, d] → per-pair logits increments [pairs], one batched
+        matrix product per bucket, X_t [w_S1 … w_Sm] for every task t of the bucket."""
+        dtype = self.buckets[0].features.dtype
+        padded = torch.cat([vectors, vectors.new_zeros(1, self.dim)]).to(dtype)
+        out = torch.empty(len(self.offset), dtype=dtype, device=self.offset.device)
+        for bucket, view in zip(self.buckets, self.views(out)):
+            torch.bmm(padded[bucket.slot_subset], bucket.features.transpose(1, 2), out=view)
+        return out.to(vectors.dtype)
+
+    def backward(self, residuals: torch.Tensor) -> torch.Tensor:
+        """G_Sᵀ r_S for every subset: per-pair values [pairs] → [B, d]. Each task's rows give
+        all its slots' sums in one product; a subset then adds its s slots in a fixed order."""
+        dtype = self.buckets[0].features.dtype
+        slots = torch.cat([torch.bmm(view, bucket.features).flatten(0, 1) for bucket, view
+                           in zip(self.buckets, self.views(residuals.to(dtype)))])
+        return slots.to(residuals.dtype)[self.pair_slot].sum(1)
+
+    def per_slot(self, flat: torch.Tensor) -> torch.Tensor:
+        """Sums over the rows of each slot: [pairs] → [slots]."""
+        return torch.cat([view.sum(2).flatten() for view in self.views(flat)])
+
+    def per_subset(self, flat: torch.Tensor) -> torch.Tensor:
+        """Sums over the pairs of each subset: [pairs] → [B]."""
+        return self.per_slot(flat)[self.pair_slot].sum(1)
+
+    def expand(self, values: torch.Tensor) -> torch.Tensor:
+        """A value per subset repeated on its pairs, 0 on empty slots: [B] → [pairs]."""
+        return torch.cat([values, values.new_zeros(1)])[self.row_subset]
+
+    def resolution(self) -> torch.Tensor:
+        """How exactly a pass computes the gradient Gᵀ(ω(σ(z) − y)/Σω) of each subset: [B].
+
+        Its terms are at most max|G| · ω_i/Σω, which sum to max|G|, so its rounding error is
+        about ε·max|G| for the features' machine epsilon ε: negligible in float64, near 1e-7
+        in float32, where it replaces a smaller tolerance.
+        """
+        largest = torch.cat([
+            torch.maximum(bucket.features.amax((1, 2)), -bucket.features.amin((1, 2)))
+            .unsqueeze(1).expand(bucket.slot_subset.shape).flatten() for bucket in self.buckets])
+        eps = torch.finfo(self.buckets[0].features.dtype).eps
+        return eps * largest[self.pair_slot].amax(1).to(self.offset.dtype)
 
 
-def pad_problems(problems: list[tuple[np.ndarray, ...]], dtype: torch.dtype = torch.float64,
-                 device: torch.device | str = "cpu") -> SurrogateBatch:
-    """Stack (features, offset, label, weight) problems of different lengths, zero-padded,
-    on ``device``, the features in ``dtype``. Built in numpy, which backs large arrays with
-    huge pages: far fewer page faults than a fresh torch tensor of the same size."""
-    longest = max(len(problem[1]) for problem in problems)
-    dim = problems[0][0].shape[1]
-    features = np.zeros((len(problems), longest, dim), torch.empty(0, dtype=dtype).numpy().dtype)
-    columns = np.zeros((3, len(problems), longest))
-    for index, (g, f0, y, omega) in enumerate(problems):
-        features[index, :len(f0)] = g
-        columns[:, index, :len(f0)] = f0, y, omega
-    offset, label, weight = torch.from_numpy(columns).to(device)
-    return SurrogateBatch(torch.from_numpy(features).to(device), offset, label, weight)
+def _buckets_of(lengths: np.ndarray) -> list[np.ndarray]:
+    """Tasks grouped by length (longest first): a bucket's shortest task has at least
+    :data:`BUCKET_SLACK` of its longest task's rows."""
+    order = np.argsort(-lengths, kind="stable")
+    buckets, current = [], [order[0]]
+    for task in order[1:]:
+        if lengths[task] < BUCKET_SLACK * lengths[current[0]]:
+            buckets.append(np.array(current))
+            current = []
+        current.append(task)
+    buckets.append(np.array(current))
+    return buckets
 
 
-def _group_size(length: int, dim: int, dtype: torch.dtype, device: torch.device) -> int:
-    """How many problems of ``length`` rows to solve together: on the CPU, as many as fit in
-    :data:`CPU_CHUNK_BYTES`; on an accelerator, all of them."""
-    if device.type != "cpu":
-        return torch.iinfo(torch.int64).max
-    return max(1, CPU_CHUNK_BYTES // (length * dim * torch.empty(0, dtype=dtype).element_size()))
+def task_blocks(subsets: np.ndarray, tasks: list[TaskRows], dtype: torch.dtype = torch.float64,
+                device: torch.device | str = "cpu") -> TaskBlocks:
+    """:class:`TaskBlocks` of subsets [B, s] of tasks 0 … len(tasks) − 1 (each subset of
+    distinct tasks), features in ``dtype`` on ``device``."""
+    count, size = subsets.shape
+    holders = [[] for _ in tasks]
+    for number, subset in enumerate(subsets):
+        for task in subset:
+            holders[task].append(number)
+    used = np.array([task for task, held in enumerate(holders) if held])
+    lengths = np.array([len(tasks[task][1]) for task in used])
+    dim = tasks[used[0]][0].shape[1]
+    numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    buckets, columns, pair_slot, base = [], [], np.zeros((count, size), np.int64), 0
+    for members in _buckets_of(lengths):
+        chosen = used[members]
+        longest, slots = lengths[members].max(), max(len(holders[task]) for task in chosen)
+        features = np.zeros((len(chosen), longest, dim), numpy_dtype)
+        slot_subset = np.full((len(chosen), slots), count)
+        values = np.zeros((3, len(chosen), slots, longest))
+        for place, task in enumerate(chosen):
+            rows, f0, label, weight = tasks[task]
+            held = holders[task]
+            features[place, :len(f0)] = rows
+            slot_subset[place, :len(held)] = held
+            values[:, place, :len(held), :len(f0)] = np.stack([f0, label, weight])[:, None]
+            for column, number in enumerate(held):
+                pair_slot[number, list(subsets[number]).index(task)] = base + place * slots + column
+        base += slot_subset.size
+        buckets.append(Bucket(torch.from_numpy(features).to(device),
+                              torch.from_numpy(slot_subset).to(device)))
+        columns.append((values.reshape(3, -1), np.repeat(slot_subset.ravel(), longest)))
+    offset, label, weight = torch.from_numpy(np.concatenate([c[0] for c in columns], 1)).to(device)
+    row_subset = torch.from_numpy(np.concatenate([c[1] for c in columns])).to(device)
+    return TaskBlocks(buckets, offset, label, weight, row_subset,
+                      torch.from_numpy(pair_slot).to(device))
 
 
-def _forward(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """G v for every problem: [B, n, d], [B, d] → [B, n] in the dtype of ``vectors`` (as a
-    row-vector product, which the CPU kernels run far faster than a matrix-vector one)."""
-    rows = torch.bmm(vectors.to(features.dtype).unsqueeze(1), features.transpose(1, 2))
-    return rows.squeeze(1).to(vectors.dtype)
-
-
-def _backward(features: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
-    """Gᵀ r for every problem: [B, n, d], [B, n] → [B, d] in the dtype of ``residuals``."""
-    columns = torch.bmm(residuals.to(features.dtype).unsqueeze(1), features)
-    return columns.squeeze(1).to(residuals.dtype)
+def problem_blocks(problems: list[TaskRows], dtype: torch.dtype = torch.float64,
+                   device: torch.device | str = "cpu") -> TaskBlocks:
+    """Independent problems (features, offset, label, weight) as :class:`TaskBlocks`: one
+    task per problem, one subset per task."""
+    return task_blocks(np.arange(len(problems))[:, None], problems, dtype, device)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1)
 
 
-def _objective(logits: torch.Tensor, w: torch.Tensor, label: torch.Tensor, share: torch.Tensor,
+def _objective(blocks: TaskBlocks, logits: torch.Tensor, w: torch.Tensor, share: torch.Tensor,
                l2: float) -> torch.Tensor:
-    """Σ ω ℓ(z, y) / Σ ω + λ‖w‖² of each problem, from its logits z = f0 + Gw."""
-    return _dot(share, softplus(logits) - label * logits) + l2 * _dot(w, w)
+    """Σ ω ℓ(z, y) / Σ ω + λ‖w‖² of each subset, from its logits z = f0 + Gw."""
+    losses = share * (softplus(logits) - blocks.label * logits)
+    return blocks.per_subset(losses) + l2 * _dot(w, w)
 
 
-def _newton_direction(features: torch.Tensor, curvature: torch.Tensor, gradient: torch.Tensor,
-                      l2: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """p ≈ (Gᵀ diag(c) G + 2λI)⁻¹ ∇ by conjugate gradients, and G p: ([B, d], [B, n]).
+def _curvature_gram(features: torch.Tensor, offset: torch.Tensor,
+                    weight: torch.Tensor) -> torch.Tensor:
+    """Xᵀ C X with C = diag(ω σ(f0)(1 − σ(f0))): [..., n, d], [..., n], [..., n] → [..., d, d]
+    in float64, the un-normalised Hessian at w = 0 of the rows' cross-entropy."""
+    prob = torch.sigmoid(offset)
+    scale = (weight * prob * (1 - prob)).sqrt().unsqueeze(-1).to(features.dtype)
+    scaled = features * scale
+    return (scaled.transpose(-1, -2) @ scaled).to(torch.float64)
 
-    Each problem stops once its residual is below η‖∇‖, η = min(1/5, √‖∇‖) (inexact Newton
-    with a superlinear forcing sequence, Nocedal & Wright, Sec. 7.1), η at least the square
-    root of the features' machine epsilon, in whose dtype the iterations run; exact after d
-    iterations.
+
+def task_curvatures(rows, f0: np.ndarray, gradients: np.ndarray,
+                    tasks: np.ndarray | None = None) -> np.ndarray:
+    """X_tᵀ C_t X_t over each task's training rows (all tasks, or ``tasks``): [T, d, d].
+
+    A subset's Hessian at w = 0 is the sum of its tasks' terms over its Σω plus 2λI, so the
+    terms are formed once, one pass over the rows, and shared by every subset. Kept in
+    float32: they only precondition the Newton systems (:func:`fit_logistic_offset`).
     """
-    curvature, residual = curvature.to(features.dtype), gradient.to(features.dtype)
+    tasks = np.arange(len(rows.offsets)) if tasks is None else tasks
+    out = np.empty((len(tasks), gradients.shape[1], gradients.shape[1]), np.float32)
+    for place, task in enumerate(tasks):
+        span = np.arange(rows.offsets[task, TRAIN], rows.offsets[task, TRAIN + 1])
+        out[place] = _curvature_gram(torch.from_numpy(np.asarray(gradients[span])),
+                                     torch.from_numpy(np.asarray(f0[span], np.float64)),
+                                     torch.from_numpy(rows.weight[span].astype(np.float64)))
+    return out
+
+
+def _block_curvatures(blocks: TaskBlocks) -> torch.Tensor:
+    """Σ_{t ∈ S} X_tᵀ C_t X_t of each subset [B, d, d], from the blocks' own rows."""
+    grams, tasks, base = [], [], 0
+    for bucket, offset, weight in zip(blocks.buckets, blocks.views(blocks.offset),
+                                      blocks.views(blocks.weight)):
+        grams.append(_curvature_gram(bucket.features, offset[:, 0], weight[:, 0]))
+        count, slots = bucket.slot_subset.shape
+        tasks.append(torch.arange(base, base + count, device=offset.device)
+                     .repeat_interleave(slots))
+        base += count
+    return _sum_terms(torch.cat(grams), torch.cat(tasks)[blocks.pair_slot])
+
+
+def _sum_terms(terms: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Σ_k terms[members[:, k]], summed in the terms' dtype: [U, d, d], [B, s] → [B, d, d]
+    in float64."""
+    total = terms[members[:, 0]]
+    for column in range(1, members.shape[1]):
+        total += terms[members[:, column]]
+    return total.to(torch.float64)
+
+
+def _preconditioner(curvature: torch.Tensor, total: torch.Tensor, l2: float) -> torch.Tensor:
+    """L⁻¹ [B, d, d] for the Cholesky factor L of each subset's Hessian at w = 0,
+    H_S(0) = Σ_{t ∈ S} X_tᵀ C_t X_t / Σω + 2λI."""
+    hessian = curvature / total.view(-1, 1, 1)
+    hessian.diagonal(dim1=1, dim2=2).add_(2 * l2)
+    factor = torch.linalg.cholesky(hessian)
+    identity = torch.eye(hessian.shape[1], dtype=hessian.dtype, device=hessian.device)
+    return torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
+
+
+def _precondition(inverse: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
+    """M⁻¹ v = L⁻ᵀ L⁻¹ v for every subset: [B, d] (v itself without a preconditioner)."""
+    if inverse is None:
+        return vectors
+    half = torch.bmm(inverse, vectors.unsqueeze(2))
+    return torch.bmm(inverse.transpose(1, 2), half).squeeze(2)
+
+
+def _newton_direction(blocks: TaskBlocks, inverse: torch.Tensor | None, curvature: torch.Tensor,
+                      gradient: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """p ≈ (Gᵀ diag(c) G + 2λI)⁻¹ ∇ by conjugate gradients preconditioned with the Hessian
+    at w = 0, M = L Lᵀ (``inverse`` = L⁻¹, None for plain conjugate gradients), and G p:
+    ([B, d], [pairs]). The first Newton system has M as its matrix and is solved in one
+    iteration.
+
+    Each subset stops once its residual is below η‖∇‖, η = min(1/5, √‖∇‖) (inexact Newton
+    with a superlinear forcing sequence, Nocedal & Wright, Sec. 7.1; preconditioned
+    conjugate gradients, their Algorithm 5.3), η at least the square root of the features'
+    machine epsilon; exact after d iterations.
+    """
+    eps = torch.finfo(blocks.buckets[0].features.dtype).eps
+    residual = gradient.clone()
     step, moved = torch.zeros_like(residual), torch.zeros_like(curvature)
-    direction = residual.clone()
-    squared = _dot(residual, residual)
-    target = torch.clamp(squared.sqrt(), torch.finfo(features.dtype).eps, 0.04) * squared
+    preconditioned = _precondition(inverse, residual)
+    direction = preconditioned.clone()
+    squared, inner = _dot(residual, residual), _dot(residual, preconditioned)
+    target = torch.clamp(squared.sqrt(), eps, 0.04) * squared
     for _ in range(gradient.shape[1]):
         running = squared > target
         if not bool(running.any()):
             break
-        projected = _forward(features, direction)
-        product = _backward(features, curvature * projected).add_(direction, alpha=2 * l2)
-        alpha = torch.where(running, squared / _dot(direction, product), 0.0).unsqueeze(1)
-        step.addcmul_(alpha, direction)
-        moved.addcmul_(alpha, projected)
-        residual.addcmul_(alpha, product, value=-1)
-        previous, squared = squared, _dot(residual, residual)
-        beta = torch.where(running, squared / previous, 0.0).unsqueeze(1)
-        direction = residual.addcmul(beta, direction)
-    return step.to(gradient.dtype), moved.to(gradient.dtype)
+        projected = blocks.forward(direction)
+        product = blocks.backward(curvature * projected).add_(direction, alpha=2 * l2)
+        alpha = torch.where(running, inner / _dot(direction, product), 0.0)
+        step.addcmul_(alpha.unsqueeze(1), direction)
+        moved.addcmul_(blocks.expand(alpha), projected)
+        residual.addcmul_(alpha.unsqueeze(1), product, value=-1)
+        preconditioned = _precondition(inverse, residual)
+        squared, previous, inner = _dot(residual, residual), inner, _dot(residual, preconditioned)
+        beta = torch.where(running, inner / previous, 0.0).unsqueeze(1)
+        direction = preconditioned.addcmul(beta, direction)
+    return step, moved
 
 
-def _step_sizes(logits: torch.Tensor, w: torch.Tensor, step: torch.Tensor, moved: torch.Tensor,
-                label: torch.Tensor, share: torch.Tensor, l2: float,
-                current: torch.Tensor, decrease: torch.Tensor) -> torch.Tensor:
-    """Armijo backtracking from the Newton step, per problem: the candidate logits are
-    z − t G p, so each trial costs O(n), not a pass over the features."""
+def _step_sizes(blocks: TaskBlocks, logits: torch.Tensor, w: torch.Tensor, step: torch.Tensor,
+                moved: torch.Tensor, share: torch.Tensor, l2: float, current: torch.Tensor,
+                decrease: torch.Tensor) -> torch.Tensor:
+    """Armijo backtracking from the Newton step, per subset: the candidate logits are
+    z − t G p, so each trial costs O(pairs), not a pass over the features."""
     size = torch.ones_like(current)
     for _ in range(30):
-        candidate = _objective(logits - size.unsqueeze(1) * moved, w - size.unsqueeze(1) * step,
-                               label, share, l2)
+        candidate = _objective(blocks, logits - blocks.expand(size) * moved,
+                               w - size.unsqueeze(1) * step, share, l2)
         accepted = candidate <= current - 1e-4 * size * decrease
         if bool(accepted.all()):
             break
@@ -136,57 +327,44 @@ def _step_sizes(logits: torch.Tensor, w: torch.Tensor, step: torch.Tensor, moved
     return size
 
 
-def _resolution(features: torch.Tensor) -> torch.Tensor:
-    """How exactly a pass computes the gradient Gᵀ(ω(σ(z) − y)/Σω) of each problem: [B].
+def fit_logistic_offset(blocks: TaskBlocks, l2: float, max_iterations: int = 50,
+                        tolerance: float = 1e-8,
+                        precondition: bool = True,
+                        curvature: torch.Tensor | None = None) -> torch.Tensor:
+    """Minimise Σ ω ℓ(f0 + gᵀw, y) / Σ ω + λ‖w‖² over each subset's rows: [B, d].
 
-    Its terms are at most max|G| · ω_i/Σω, which sum to max|G|, so its rounding error is
-    about ε·max|G| for the features' machine epsilon ε: negligible in float64, near 1e-7
-    in float32, where it replaces a smaller tolerance.
+    Damped Newton, up to ``max_iterations`` steps (conjugate-gradient solves, Armijo
+    backtracking); a subset stops when its gradient's largest entry is below ``tolerance``,
+    so its solution does not depend on the other subsets of the blocks. Equals
+    scikit-learn's LogisticRegression without intercept at C = 1 / (2 λ Σ ω) when the offset
+    is zero. A tolerance below the rounding error of the passes (about 1e-7 · max|G| in
+    float32) is raised to it. With ``precondition``, the Newton systems are preconditioned
+    with each subset's Hessian at w = 0, from ``curvature`` [B, d, d] (Σ_{t ∈ S} X_tᵀ C_t
+    X_t, see :func:`task_curvatures`) or, when omitted, from the blocks' rows.
     """
-    flat = features.flatten(1)
-    return torch.finfo(features.dtype).eps * torch.maximum(flat.amax(1), -flat.amin(1))
-
-
-def _fit_group(batch: SurrogateBatch, l2: float, max_iterations: int,
-               tolerance: float) -> torch.Tensor:
-    """Damped Newton on one group of problems; each stops at its own tolerance."""
-    features, label = batch.features, batch.label
-    share = batch.weight / batch.weight.sum(1, keepdim=True)
-    threshold = torch.clamp(_resolution(features).to(share.dtype), min=tolerance)
-    w = label.new_zeros(features.shape[0], features.shape[2])
-    logits = batch.offset.clone()
+    total = blocks.per_subset(blocks.weight)
+    share = blocks.weight * blocks.expand(1 / total)
+    threshold = torch.clamp(blocks.resolution(), min=tolerance)
+    inverse = None
+    if precondition:
+        curvature = _block_curvatures(blocks) if curvature is None else curvature
+        inverse = _preconditioner(curvature, total, l2)
+    w = total.new_zeros(blocks.num_subsets, blocks.dim)
+    logits = blocks.offset.clone()
     for _ in range(max_iterations):
         prob = torch.sigmoid(logits)
-        gradient = _backward(features, share * (prob - label)) + 2 * l2 * w
+        gradient = blocks.backward(share * (prob - blocks.label)) + 2 * l2 * w
         running = gradient.abs().amax(1) >= threshold
         if not bool(running.any()):
             break
         gradient = gradient * running.unsqueeze(1)
-        step, moved = _newton_direction(features, share * prob * (1 - prob), gradient, l2)
-        current = _objective(logits, w, label, share, l2)
-        size = _step_sizes(logits, w, step, moved, label, share, l2, current,
-                           _dot(gradient, step)).unsqueeze(1)
-        w = w - size * step
-        logits = logits - size * moved
+        step, moved = _newton_direction(blocks, inverse, share * prob * (1 - prob), gradient, l2)
+        current = _objective(blocks, logits, w, share, l2)
+        size = _step_sizes(blocks, logits, w, step, moved, share, l2, current,
+                           _dot(gradient, step))
+        w = w - size.unsqueeze(1) * step
+        logits = logits - blocks.expand(size) * moved
     return w
-
-
-def fit_logistic_offset(batch: SurrogateBatch, l2: float, max_iterations: int = 50,
-                        tolerance: float = 1e-8) -> torch.Tensor:
-    """Minimise Σ ω ℓ(f0 + gᵀw, y) / Σ ω + λ‖w‖² for every problem in the batch: [B, d].
-
-    Up to ``max_iterations`` Newton steps (conjugate-gradient solves, Armijo backtracking)
-    per problem; a problem stops when its gradient's largest entry is below ``tolerance``, so
-    its solution does not depend on the other problems of the batch. Equals scikit-learn's
-    LogisticRegression without intercept at C = 1 / (2 λ Σ ω) when the offset is zero.
-    Runs on the batch's device, with the passes over the rows in the features' dtype and
-    the rest in float64; a tolerance below the rounding error of those passes (about
-    1e-7 · max|G| in float32) is raised to it.
-    """
-    size, length, dim = batch.features.shape
-    group = _group_size(length, dim, batch.features.dtype, batch.features.device)
-    return torch.cat([_fit_group(batch[start:start + group], l2, max_iterations, tolerance)
-                      for start in range(0, size, group)])
 
 
 def weighted_task_losses(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray,
@@ -196,62 +374,73 @@ def weighted_task_losses(logits: np.ndarray, labels: np.ndarray, weights: np.nda
     return np.array([np.average(losses[s], weights=weights[s]) for s in segments])
 
 
-def _task_losses(batch: SurrogateBatch, position: torch.Tensor, w: torch.Tensor,
-                 num_tasks: int) -> torch.Tensor:
-    """Weighted mean cross-entropy of each task under f0 + Gw: [B, num_tasks], where
-    ``position`` [B, n] says which of the problem's tasks each row belongs to."""
-    logits = batch.offset + _forward(batch.features, w)
-    losses = batch.weight * (softplus(logits) - batch.label * logits)
-    total = losses.new_zeros(len(losses), num_tasks).scatter_add_(1, position, losses)
-    mass = losses.new_zeros(len(losses), num_tasks).scatter_add_(1, position, batch.weight)
-    return total / mass
+def _task_losses(blocks: TaskBlocks, w: torch.Tensor) -> torch.Tensor:
+    """Weighted mean cross-entropy of each subset's tasks under f0 + Gw: [B, s]."""
+    logits = blocks.offset + blocks.forward(w)
+    losses = blocks.weight * (softplus(logits) - blocks.label * logits)
+    return (blocks.per_slot(losses) / blocks.per_slot(blocks.weight))[blocks.pair_slot]
 
 
-def _gather(subsets: np.ndarray, split: int, rows, f0: np.ndarray, gradients: np.ndarray,
-            dtype: torch.dtype, device: torch.device) -> tuple[SurrogateBatch, torch.Tensor]:
-    """The rows of each subset's tasks in one split as a batch, and the task position
-    (0 … s − 1) of each row: [b, n]. Shorter subsets are padded with weight-0 copies of their
-    first row, so ``gradients`` is read, in one fancy-indexing call, at the subsets' rows only.
-    """
-    counts = rows.offsets[subsets, split + 1] - rows.offsets[subsets, split]
-    lengths = counts.sum(1)
-    index = np.zeros((len(subsets), lengths.max()), np.int64)
-    position = np.zeros_like(index)
-    for number, subset in enumerate(subsets):
-        own = rows.rows_of(subset, split)
-        index[number] = own[0]
-        index[number, :len(own)] = own
-        position[number, :len(own)] = np.repeat(np.arange(len(subset)), counts[number])
-    features = torch.from_numpy(np.asarray(gradients[index.ravel()]))
-    weight = rows.weight[index] * (np.arange(index.shape[1]) < lengths[:, None])
-    offset, label, weight = (torch.from_numpy(np.asarray(column, np.float64)).to(device)
-                             for column in (f0[index], rows.label[index], weight))
-    batch = SurrogateBatch(features.to(device, dtype).reshape(*index.shape, -1), offset, label,
-                           weight)
-    return batch, torch.from_numpy(position).to(device)
+def _subset_blocks(subsets: np.ndarray, split: int, rows, f0: np.ndarray,
+                   gradients: np.ndarray, dtype: torch.dtype,
+                   device: torch.device) -> TaskBlocks:
+    """:class:`TaskBlocks` of one split of the subsets' tasks, ``gradients`` read in one
+    fancy-indexing call at those tasks' rows only."""
+    used, local = np.unique(subsets, return_inverse=True)
+    spans = [np.arange(rows.offsets[task, split], rows.offsets[task, split + 1]) for task in used]
+    index = np.concatenate(spans)
+    features, ends = np.asarray(gradients[index]), np.cumsum([len(span) for span in spans])
+    tasks = [(features[end - len(span):end], f0[span].astype(np.float64),
+              rows.label[span].astype(np.float64), rows.weight[span].astype(np.float64))
+             for span, end in zip(spans, ends)]
+    return task_blocks(local.reshape(subsets.shape), tasks, dtype, device)
+
+
+def preconditioned(subsets: np.ndarray, rows, dim: int) -> bool:
+    """Whether the fits of these subsets are preconditioned: their mean number of training
+    rows is at least :data:`PRECONDITION_ROWS` · d²."""
+    lengths = (rows.offsets[subsets, TRAIN + 1] - rows.offsets[subsets, TRAIN]).sum(1)
+    return bool(lengths.mean() >= PRECONDITION_ROWS * dim ** 2)
+
+
+def _group_size(subsets: np.ndarray, rows, device: torch.device) -> int:
+    """How many subsets to solve together: on the CPU, as many as keep each per-pair array
+    within :data:`CPU_PAIR_ROWS` pairs; on an accelerator, all of them."""
+    if device.type != "cpu":
+        return len(subsets)
+    lengths = (rows.offsets[subsets, TRAIN + 1] - rows.offsets[subsets, TRAIN]).sum(1)
+    return max(1, int(CPU_PAIR_ROWS // lengths.max()))
 
 
 def subset_losses(subsets: np.ndarray, rows, f0: np.ndarray, gradients: np.ndarray, l2: float,
                   max_iterations: int = 50, tolerance: float = 1e-8,
-                  device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float64) -> np.ndarray:
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+                  curvatures: np.ndarray | None = None) -> np.ndarray:
     """f̂(S, i) for a batch of subsets [b, s] → [b, s], fitted by batched solves.
 
     ``rows`` is the :class:`~grouping.affinity.rows.RowTable`; ``f0`` [R] and ``gradients``
     [R, d] are its base logits and projected gradients (any array supporting fancy indexing,
-    memory maps included: only the rows of the subsets' tasks are read). The fits and the
-    validation losses run on ``device`` with the features in ``dtype`` (see
-    :func:`fit_logistic_offset`); on the CPU in cache-sized groups of subsets, each gathered
-    just before it is solved.
+    memory maps included: only the rows of the subsets' tasks are read). Subsets with
+    many rows (:data:`PRECONDITION_ROWS`) are preconditioned with ``curvatures`` [T, d, d],
+    every task's :func:`task_curvatures`, formed for the subsets' tasks when omitted. The
+    fits and the validation losses run on ``device`` with the features in ``dtype`` (see
+    :func:`fit_logistic_offset`); on the CPU in groups of subsets of bounded size.
     """
     device = torch.device(device)
-    longest = (rows.offsets[subsets, TRAIN + 1] - rows.offsets[subsets, TRAIN]).sum(1).max()
-    group = _group_size(longest, gradients.shape[1], dtype, device)
+    precondition = preconditioned(subsets, rows, gradients.shape[1])
+    members = subsets
+    if precondition and curvatures is None:
+        tasks = np.unique(subsets)
+        curvatures = task_curvatures(rows, f0, gradients, tasks)
+        members = np.searchsorted(tasks, subsets)
+    group = _group_size(subsets, rows, device)
     losses = []
     for start in range(0, len(subsets), group):
         chunk = subsets[start:start + group]
-        train, _ = _gather(chunk, TRAIN, rows, f0, gradients, dtype, device)
-        w = fit_logistic_offset(train, l2, max_iterations, tolerance)
-        losses.append(_task_losses(*_gather(chunk, VAL, rows, f0, gradients, dtype, device), w,
-                                   chunk.shape[1]))
+        curvature = _sum_terms(torch.from_numpy(curvatures), torch.from_numpy(
+            members[start:start + group])).to(device) if precondition else None
+        w = fit_logistic_offset(_subset_blocks(chunk, TRAIN, rows, f0, gradients, dtype, device),
+                                l2, max_iterations, tolerance, precondition, curvature)
+        losses.append(_task_losses(_subset_blocks(chunk, VAL, rows, f0, gradients, dtype,
+                                                  device), w))
     return torch.cat(losses).cpu().numpy()

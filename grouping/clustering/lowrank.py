@@ -47,7 +47,7 @@ import numpy as np
 from scipy.optimize import Bounds, minimize
 from threadpoolctl import threadpool_limits
 
-from grouping.clustering.rounding import round_to_groups
+from grouping.clustering.rounding import round_factor_to_groups
 
 INITIAL_PENALTY = 10.0
 NOISE = 0.5
@@ -170,7 +170,9 @@ def solve_lowrank(affinity: np.ndarray, num_groups: int, seed: int = 0,
 
 
 def lowrank_groups(affinity: np.ndarray, num_groups: int, seed: int) -> list[list[int]]:
-    """Groups from the low-rank solution, rounded by :func:`.rounding.round_to_groups`."""
+    """Groups from the low-rank solution V, rounded by :func:`.rounding.round_factor_to_groups`:
+    the k-means rounding of X = VVᵀ without forming the n × n matrix X."""
     if num_groups == 1:
         return [list(range(affinity.shape[0]))]
-    return round_to_groups(solve_lowrank(affinity, num_groups, seed), num_groups, seed)
+    factor = solve_lowrank_factor(affinity, num_groups, seed)
+    return round_factor_to_groups(factor, num_groups, seed)
