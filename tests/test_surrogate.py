@@ -156,9 +156,21 @@ def test_groups_of_subsets_do_not_change_the_losses(monkeypatch):
     rows, f0, gradients = _row_table(rng, 8, 10)
     subsets = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [5, 6, 7], [0, 3, 7]])
     together = subset_losses(subsets, rows, f0, gradients, l2=0.1)
+    monkeypatch.setattr(surrogate, "CPU_CACHE_BYTES", 1)
     monkeypatch.setattr(surrogate, "CPU_PAIR_ROWS", 1)
     alone = subset_losses(subsets, rows, f0, gradients, l2=0.1)
     assert np.allclose(alone, together, rtol=1e-9, atol=0)
+    row_bytes = 10 * 8
+    budget = 300 * row_bytes
+    monkeypatch.setattr(surrogate, "CPU_CACHE_BYTES", budget)
+    runs = surrogate._groups(subsets, rows, 10, torch.float64, torch.device("cpu"))
+    assert 1 < len(runs) < len(subsets)
+    train = rows.offsets[:, 1] - rows.offsets[:, 0]
+    for run in runs:
+        tasks = np.unique(subsets[run])
+        assert run.stop - run.start == 1 or train[tasks].sum() * row_bytes <= budget
+    cached = subset_losses(subsets, rows, f0, gradients, l2=0.1)
+    assert np.allclose(cached, together, rtol=1e-9, atol=0)
 
 
 class _RecordedRows:

@@ -31,6 +31,12 @@ CPU_PAIR_ROWS = 1 << 21
 """On the CPU, subsets are solved in groups of at most this many (subset, row) pairs; each
 per-pair array of a group (logits, curvature, …) then takes 16 MiB in float64."""
 
+CPU_CACHE_BYTES = 16 << 20
+"""Subsets whose features fit in this many bytes are solved in groups whose tasks' features
+fit in it together, so that every pass of a group reads from the processor's cache; larger
+subsets are grouped up to :data:`CPU_PAIR_ROWS`, so that each pass streams a task's rows
+from memory once for all the subsets that hold it."""
+
 PRECONDITION_ROWS = 1 / 16
 """Subsets are preconditioned when their mean number of training rows is at least this
 fraction of d²: forming, factoring and inverting a d × d Hessian costs about d³ operations
@@ -137,18 +143,24 @@ class TaskBlocks:
         return eps * largest[self.pair_slot].amax(1).to(self.offset.dtype)
 
 
-def _buckets_of(lengths: np.ndarray) -> list[np.ndarray]:
-    """Tasks grouped by length (longest first): a bucket's shortest task has at least
-    :data:`BUCKET_SLACK` of its longest task's rows."""
-    order = np.argsort(-lengths, kind="stable")
-    buckets, current = [], [order[0]]
-    for task in order[1:]:
-        if lengths[task] < BUCKET_SLACK * lengths[current[0]]:
-            buckets.append(np.array(current))
+def _runs_of(values: np.ndarray) -> list[np.ndarray]:
+    """Positions grouped by value (largest first): a group's smallest value is at least
+    :data:`BUCKET_SLACK` of its largest."""
+    order = np.argsort(-values, kind="stable")
+    groups, current = [], [order[0]]
+    for position in order[1:]:
+        if values[position] < BUCKET_SLACK * values[current[0]]:
+            groups.append(np.array(current))
             current = []
-        current.append(task)
-    buckets.append(np.array(current))
-    return buckets
+        current.append(position)
+    groups.append(np.array(current))
+    return groups
+
+
+def _buckets_of(lengths: np.ndarray, slots: np.ndarray) -> list[np.ndarray]:
+    """Tasks grouped by length, then by number of slots, so that padding either to the
+    bucket's longest task or to its most held one wastes at most 1 − :data:`BUCKET_SLACK`."""
+    return [members[part] for members in _runs_of(lengths) for part in _runs_of(slots[members])]
 
 
 def task_blocks(subsets: np.ndarray, tasks: list[TaskRows], dtype: torch.dtype = torch.float64,
@@ -162,12 +174,13 @@ def task_blocks(subsets: np.ndarray, tasks: list[TaskRows], dtype: torch.dtype =
             holders[task].append(number)
     used = np.array([task for task, held in enumerate(holders) if held])
     lengths = np.array([len(tasks[task][1]) for task in used])
+    counts = np.array([len(holders[task]) for task in used])
     dim = tasks[used[0]][0].shape[1]
     numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
     buckets, columns, pair_slot, base = [], [], np.zeros((count, size), np.int64), 0
-    for members in _buckets_of(lengths):
+    for members in _buckets_of(lengths, counts):
         chosen = used[members]
-        longest, slots = lengths[members].max(), max(len(holders[task]) for task in chosen)
+        longest, slots = lengths[members].max(), counts[members].max()
         features = np.zeros((len(chosen), longest, dim), numpy_dtype)
         slot_subset = np.full((len(chosen), slots), count)
         values = np.zeros((3, len(chosen), slots, longest))
@@ -403,13 +416,26 @@ def preconditioned(subsets: np.ndarray, rows, dim: int) -> bool:
     return bool(lengths.mean() >= PRECONDITION_ROWS * dim ** 2)
 
 
-def _group_size(subsets: np.ndarray, rows, device: torch.device) -> int:
-    """How many subsets to solve together: on the CPU, as many as keep each per-pair array
-    within :data:`CPU_PAIR_ROWS` pairs; on an accelerator, all of them."""
+def _groups(subsets: np.ndarray, rows, dim: int, dtype: torch.dtype,
+            device: torch.device) -> list[slice]:
+    """Consecutive runs of subsets solved together: on an accelerator, all of them; on the CPU,
+    cache-sized runs or runs of bounded pairs (:data:`CPU_CACHE_BYTES`)."""
     if device.type != "cpu":
-        return len(subsets)
-    lengths = (rows.offsets[subsets, TRAIN + 1] - rows.offsets[subsets, TRAIN]).sum(1)
-    return max(1, int(CPU_PAIR_ROWS // lengths.max()))
+        return [slice(0, len(subsets))]
+    train = rows.offsets[:, TRAIN + 1] - rows.offsets[:, TRAIN]
+    row_bytes = dim * torch.empty(0, dtype=dtype).element_size()
+    lengths = train[subsets].sum(1)
+    if lengths.mean() * row_bytes > CPU_CACHE_BYTES:
+        size = max(1, int(CPU_PAIR_ROWS // lengths.max()))
+        return [slice(start, start + size) for start in range(0, len(subsets), size)]
+    runs, start, held = [], 0, set()
+    for number, subset in enumerate(subsets):
+        grown = held | set(subset.tolist())
+        if number > start and train[list(grown)].sum() * row_bytes > CPU_CACHE_BYTES:
+            runs.append(slice(start, number))
+            start, grown = number, set(subset.tolist())
+        held = grown
+    return runs + [slice(start, len(subsets))]
 
 
 def subset_losses(subsets: np.ndarray, rows, f0: np.ndarray, gradients: np.ndarray, l2: float,
@@ -424,7 +450,7 @@ def subset_losses(subsets: np.ndarray, rows, f0: np.ndarray, gradients: np.ndarr
     many rows (:data:`PRECONDITION_ROWS`) are preconditioned with ``curvatures`` [T, d, d],
     every task's :func:`task_curvatures`, formed for the subsets' tasks when omitted. The
     fits and the validation losses run on ``device`` with the features in ``dtype`` (see
-    :func:`fit_logistic_offset`); on the CPU in groups of subsets of bounded size.
+    :func:`fit_logistic_offset`); on the CPU in groups of subsets (:data:`CPU_CACHE_BYTES`).
     """
     device = torch.device(device)
     precondition = preconditioned(subsets, rows, gradients.shape[1])
@@ -433,12 +459,11 @@ def subset_losses(subsets: np.ndarray, rows, f0: np.ndarray, gradients: np.ndarr
         tasks = np.unique(subsets)
         curvatures = task_curvatures(rows, f0, gradients, tasks)
         members = np.searchsorted(tasks, subsets)
-    group = _group_size(subsets, rows, device)
     losses = []
-    for start in range(0, len(subsets), group):
-        chunk = subsets[start:start + group]
+    for run in _groups(subsets, rows, gradients.shape[1], dtype, device):
+        chunk = subsets[run]
         curvature = _sum_terms(torch.from_numpy(curvatures), torch.from_numpy(
-            members[start:start + group])).to(device) if precondition else None
+            members[run])).to(device) if precondition else None
         w = fit_logistic_offset(_subset_blocks(chunk, TRAIN, rows, f0, gradients, dtype, device),
                                 l2, max_iterations, tolerance, precondition, curvature)
         losses.append(_task_losses(_subset_blocks(chunk, VAL, rows, f0, gradients, dtype,
