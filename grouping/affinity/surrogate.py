@@ -32,10 +32,14 @@ CPU_PAIR_ROWS = 1 << 21
 per-pair array of a group (logits, curvature, …) then takes 16 MiB in float64."""
 
 CPU_CACHE_BYTES = 16 << 20
-"""Subsets whose features fit in this many bytes are solved in groups whose tasks' features
-fit in it together, so that every pass of a group reads from the processor's cache; larger
-subsets are grouped up to :data:`CPU_PAIR_ROWS`, so that each pass streams a task's rows
-from memory once for all the subsets that hold it."""
+"""Subsets whose features fit in this many bytes may be solved in groups whose tasks'
+features fit in it together, so that every pass of a group reads from the processor's
+cache (see :data:`MIN_SHARING`)."""
+
+MIN_SHARING = 8
+"""Subsets are grouped up to :data:`CPU_PAIR_ROWS`, so that each pass streams a task's rows
+from memory once for all the subsets of the group that hold it, when such a group holds
+each of its tasks this many times on average or their features do not fit in cache."""
 
 PRECONDITION_ROWS = 1 / 16
 """Subsets are preconditioned when their mean number of training rows is at least this
@@ -419,14 +423,15 @@ def preconditioned(subsets: np.ndarray, rows, dim: int) -> bool:
 def _groups(subsets: np.ndarray, rows, dim: int, dtype: torch.dtype,
             device: torch.device) -> list[slice]:
     """Consecutive runs of subsets solved together: on an accelerator, all of them; on the CPU,
-    cache-sized runs or runs of bounded pairs (:data:`CPU_CACHE_BYTES`)."""
+    runs of bounded pairs or cache-sized runs (:data:`MIN_SHARING`, :data:`CPU_CACHE_BYTES`)."""
     if device.type != "cpu":
         return [slice(0, len(subsets))]
     train = rows.offsets[:, TRAIN + 1] - rows.offsets[:, TRAIN]
     row_bytes = dim * torch.empty(0, dtype=dtype).element_size()
     lengths = train[subsets].sum(1)
-    if lengths.mean() * row_bytes > CPU_CACHE_BYTES:
-        size = max(1, int(CPU_PAIR_ROWS // lengths.max()))
+    size = max(1, int(CPU_PAIR_ROWS // lengths.max()))
+    sharing = subsets[:size].size / len(np.unique(subsets[:size]))
+    if sharing >= MIN_SHARING or lengths.mean() * row_bytes > CPU_CACHE_BYTES:
         return [slice(start, start + size) for start in range(0, len(subsets), size)]
     runs, start, held = [], 0, set()
     for number, subset in enumerate(subsets):
