@@ -217,11 +217,15 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1)
 
 
+def _pair_losses(blocks: TaskBlocks, logits: torch.Tensor) -> torch.Tensor:
+    """ℓ(z, y) = log(1 + e^z) − y z of every pair, from its logit z: [pairs]."""
+    return softplus(logits) - blocks.label * logits
+
+
 def _objective(blocks: TaskBlocks, logits: torch.Tensor, w: torch.Tensor, share: torch.Tensor,
                l2: float) -> torch.Tensor:
     """Σ ω ℓ(z, y) / Σ ω + λ‖w‖² of each subset, from its logits z = f0 + Gw."""
-    losses = share * (softplus(logits) - blocks.label * logits)
-    return blocks.per_subset(losses) + l2 * _dot(w, w)
+    return blocks.per_subset(share * _pair_losses(blocks, logits)) + l2 * _dot(w, w)
 
 
 def _curvature_gram(features: torch.Tensor, offset: torch.Tensor,
@@ -393,8 +397,7 @@ def weighted_task_losses(logits: np.ndarray, labels: np.ndarray, weights: np.nda
 
 def _task_losses(blocks: TaskBlocks, w: torch.Tensor) -> torch.Tensor:
     """Weighted mean cross-entropy of each subset's tasks under f0 + Gw: [B, s]."""
-    logits = blocks.offset + blocks.forward(w)
-    losses = blocks.weight * (softplus(logits) - blocks.label * logits)
+    losses = blocks.weight * _pair_losses(blocks, blocks.offset + blocks.forward(w))
     return (blocks.per_slot(losses) / blocks.per_slot(blocks.weight))[blocks.pair_slot]
 
 
@@ -413,11 +416,15 @@ def _subset_blocks(subsets: np.ndarray, split: int, rows, f0: np.ndarray,
     return task_blocks(local.reshape(subsets.shape), tasks, dtype, device)
 
 
+def _train_rows(rows) -> np.ndarray:
+    """The number of training rows of every task: [T]."""
+    return rows.offsets[:, TRAIN + 1] - rows.offsets[:, TRAIN]
+
+
 def preconditioned(subsets: np.ndarray, rows, dim: int) -> bool:
     """Whether the fits of these subsets are preconditioned: their mean number of training
     rows is at least :data:`PRECONDITION_ROWS` · d²."""
-    lengths = (rows.offsets[subsets, TRAIN + 1] - rows.offsets[subsets, TRAIN]).sum(1)
-    return bool(lengths.mean() >= PRECONDITION_ROWS * dim ** 2)
+    return bool(_train_rows(rows)[subsets].sum(1).mean() >= PRECONDITION_ROWS * dim ** 2)
 
 
 def _groups(subsets: np.ndarray, rows, dim: int, dtype: torch.dtype,
@@ -426,8 +433,8 @@ def _groups(subsets: np.ndarray, rows, dim: int, dtype: torch.dtype,
     runs of bounded pairs or cache-sized runs (:data:`MIN_SHARING`, :data:`CPU_CACHE_BYTES`)."""
     if device.type != "cpu":
         return [slice(0, len(subsets))]
-    train = rows.offsets[:, TRAIN + 1] - rows.offsets[:, TRAIN]
-    row_bytes = dim * torch.empty(0, dtype=dtype).element_size()
+    train = _train_rows(rows)
+    row_bytes = dim * dtype.itemsize
     lengths = train[subsets].sum(1)
     size = max(1, int(CPU_PAIR_ROWS // lengths.max()))
     sharing = subsets[:size].size / len(np.unique(subsets[:size]))
