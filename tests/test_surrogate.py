@@ -296,3 +296,34 @@ def test_task_major_passes_equal_subset_by_subset_products():
         assert np.allclose(backward[number], features.T @ (rows.weight[train] * f0[train]))
         assert weighted_forward[number] == pytest.approx(
             rows.weight[train] @ features @ vectors[number].numpy())
+
+
+def test_every_batch_fits_as_the_driver_decided(ray_session):
+    """Long tasks' subsets alone would be preconditioned, all subsets together are not: the
+    workers follow the driver's decision for every batch."""
+    from grouping.config import AffinityConfig, RayConfig
+    from workers.surrogates import compute_subset_losses
+
+    rng = np.random.default_rng(12)
+    dim, num_tasks = 64, 8
+    lengths = np.array([[200, 40]] * 4 + [[20, 40]] * 4)
+    ends = np.cumsum(lengths.ravel()).reshape(num_tasks, 2)
+    offsets = np.column_stack([ends[:, 1] - lengths.sum(1), ends[:, 0], ends[:, 1]])
+    count = int(ends[-1, 1])
+    task = np.repeat(np.arange(num_tasks), lengths.sum(1))
+    split = np.concatenate([np.repeat([0, 1], pair) for pair in lengths]).astype(np.int8)
+    gradients = rng.normal(size=(count, dim)).astype(np.float32) / 4
+    f0 = rng.normal(size=count).astype(np.float32)
+    labels = (rng.random(count) < 0.4).astype(np.float32)
+    rows = RowTable(np.arange(count), task, split, labels, np.ones(count, np.float32), offsets)
+    subsets = np.array([[0, 1], [2, 3], [0, 2], [1, 3], [4, 5], [6, 7], [4, 6], [5, 7]])
+    long, short = subsets[:4], subsets[4:]
+    assert surrogate.preconditioned(long, rows, dim)
+    assert not surrogate.preconditioned(subsets, rows, dim)
+    options = AffinityConfig(l2=0.1)
+    losses = compute_subset_losses(subsets, rows, f0, gradients, options,
+                                   RayConfig(num_workers=2, subsets_per_batch=4))
+    plain = [subset_losses(batch, rows, f0, gradients, 0.1, precondition=False)
+             for batch in (long, short)]
+    assert np.array_equal(losses, np.concatenate(plain))
+    assert not np.array_equal(plain[0], subset_losses(long, rows, f0, gradients, 0.1))

@@ -21,7 +21,7 @@ def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: n
     torch.set_num_threads(threads)
     return subset_losses(subsets, rows, f0, gradients, options.l2, options.newton_iterations,
                          options.tolerance, device, getattr(torch, options.surrogate_dtype),
-                         curvatures)
+                         curvatures, precondition=curvatures is not None)
 
 
 def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
@@ -31,7 +31,8 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
     subsets' tasks. Where the fits are preconditioned, every task's curvature term is formed
     once here and shared through the object store. With ``shards``, each finished batch is
     saved at once and batches saved by an interrupted attempt are read back, not fitted
-    again."""
+    again. Whether to precondition is decided here, once for all subsets, so that every
+    batch fits the same way."""
     remote = ray.remote(_fit_batch).options(
         num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_surrogate,
         max_retries=config.max_retries)

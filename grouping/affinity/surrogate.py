@@ -19,6 +19,7 @@ the memory traffic), the rest in float64.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -450,22 +451,34 @@ def _groups(subsets: np.ndarray, rows, dim: int, dtype: torch.dtype,
     return runs + [slice(start, len(subsets))]
 
 
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, which may be read-only (an object shared by
+    Ray's object store); only read from, so the warning about writing to it does not
+    apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
 def subset_losses(subsets: np.ndarray, rows, f0: np.ndarray, gradients: np.ndarray, l2: float,
                   max_iterations: int = 50, tolerance: float = 1e-8,
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-                  curvatures: np.ndarray | None = None) -> np.ndarray:
+                  curvatures: np.ndarray | None = None,
+                  precondition: bool | None = None) -> np.ndarray:
     """f̂(S, i) for a batch of subsets [b, s] → [b, s], fitted by batched solves.
 
     ``rows`` is the :class:`~grouping.affinity.rows.RowTable`; ``f0`` [R] and ``gradients``
     [R, d] are its base logits and projected gradients (any array supporting fancy indexing,
-    memory maps included: only the rows of the subsets' tasks are read). Subsets with
-    many rows (:data:`PRECONDITION_ROWS`) are preconditioned with ``curvatures`` [T, d, d],
-    every task's :func:`task_curvatures`, formed for the subsets' tasks when omitted. The
+    memory maps included: only the rows of the subsets' tasks are read). With
+    ``precondition`` (by default, decided by :func:`preconditioned` for these subsets), the
+    fits are preconditioned with ``curvatures`` [T, d, d], every task's
+    :func:`task_curvatures`, formed for the subsets' tasks when omitted. The
     fits and the validation losses run on ``device`` with the features in ``dtype`` (see
     :func:`fit_logistic_offset`); on the CPU in groups of subsets (:data:`CPU_CACHE_BYTES`).
     """
     device = torch.device(device)
-    precondition = preconditioned(subsets, rows, gradients.shape[1])
+    if precondition is None:
+        precondition = preconditioned(subsets, rows, gradients.shape[1])
     members = subsets
     if precondition and curvatures is None:
         tasks = np.unique(subsets)
@@ -474,7 +487,7 @@ def subset_losses(subsets: np.ndarray, rows, f0: np.ndarray, gradients: np.ndarr
     losses = []
     for run in _groups(subsets, rows, gradients.shape[1], dtype, device):
         chunk = subsets[run]
-        curvature = _sum_terms(torch.from_numpy(curvatures), torch.from_numpy(
+        curvature = _sum_terms(_read_only_tensor(curvatures), torch.from_numpy(
             members[run])).to(device) if precondition else None
         w = fit_logistic_offset(_subset_blocks(chunk, TRAIN, rows, f0, gradients, dtype, device),
                                 l2, max_iterations, tolerance, precondition, curvature)
