@@ -12,7 +12,6 @@ references measured in the same run, interleaved round by round.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_cli import add_common_arguments, limit_threads, write_figures  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 from grouping.config import TrainConfig  # noqa: E402
@@ -31,14 +31,15 @@ from grouping.optim import task_gradients  # noqa: E402
 from grouping.training import make_step, resolve_device  # noqa: E402
 
 
-def bench(num_heads: int, batch_size: int, repeats: int, device: torch.device) -> dict:
+def bench(num_heads: int, batch_size: int, repeats: int, seed: int,
+          device: torch.device) -> dict:
     """Median seconds per step of each variant on one model size, and the ratios."""
     spec = ModelSpec(192, (64, 64), num_heads)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     features = torch.randn(batch_size, 192, generator=generator).to(device)
     targets = (torch.rand(batch_size, num_heads, generator=generator) < 0.2).float().to(device)
     config = TrainConfig(lr=1e-3)
-    models = {name: build_model(spec, seed=0).to(device)
+    models = {name: build_model(spec, seed=seed).to(device)
               for name in ("loop", "vmap", "adam", "adatask_adam")}
     steps = {name: make_step(models[name], name, config, None)
              for name in ("adam", "adatask_adam")}
@@ -70,12 +71,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    add_common_arguments(parser, device="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    limit_threads(args)
     device = resolve_device(args.device)
     print(f"device {device}, {torch.get_num_threads()} CPU threads, median of {args.repeats}")
     print(f"{'heads':>5} {'batch':>5} {'loop ms':>8} {'vmap ms':>8} {'loop/vmap':>9} "
@@ -83,17 +81,15 @@ def main() -> None:
     rows = []
     for num_heads in args.heads:
         for batch_size in args.batch:
-            row = bench(num_heads, batch_size, args.repeats, device)
+            row = bench(num_heads, batch_size, args.repeats, args.seed, device)
             rows.append(row)
             ms = {name: 1e3 * value for name, value in row["seconds"].items()}
             print(f"{num_heads:>5} {batch_size:>5} {ms['gradients_loop']:>8.2f} "
                   f"{ms['gradients_vmap']:>8.2f} {row['loop_over_vmap']:>9.2f} "
                   f"{ms['step_adam']:>8.2f} {ms['step_adatask_adam']:>10.2f} "
                   f"{row['adatask_over_adam']:>12.2f}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"device": str(device),
-                                         "threads": torch.get_num_threads(),
-                                         "repeats": args.repeats, "rows": rows}, indent=2))
+    write_figures(args.json, {"device": str(device), "threads": torch.get_num_threads(),
+                              "repeats": args.repeats, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ grouping against the planted groups. The reference is skipped above ``--referenc
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ from sklearn.metrics import adjusted_rand_score
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench_cli import add_common_arguments, limit_threads, write_figures  # noqa: E402
 
 from grouping.clustering.lowrank import solve_lowrank_factor  # noqa: E402
 from grouping.clustering.rounding import (  # noqa: E402
@@ -132,12 +133,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 500, 1000])
     parser.add_argument("--groups", type=int, default=10, help="planted and solved groups k")
     parser.add_argument("--noise", type=float, default=1.0, help="scale of the Gaussian noise")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-max", type=int, default=500,
                         help="largest n solved by cvxpy + SCS")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    add_common_arguments(parser, device=None)
     args = parser.parse_args()
+    limit_threads(args)
     print(f"k = {args.groups}, noise {args.noise}, seed {args.seed}, median of {args.repeats}; "
           f"cvxpy + SCS reference skipped above n = {args.reference_max}")
     print(f"{'n':>6} {'low-rank s':>11} {'SCS s':>8} {'SCS/low':>9} {'obj gap':>10} "
@@ -146,8 +147,7 @@ def main() -> None:
     for size in args.sizes:
         rows.append(bench(size, args))
         print_row(rows[-1])
-    if args.json:
-        args.json.write_text(json.dumps(summary(rows), indent=2))
+    write_figures(args.json, summary(rows))
 
 
 if __name__ == "__main__":

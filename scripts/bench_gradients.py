@@ -18,7 +18,6 @@ a hard case for any projection.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_cli import add_common_arguments, limit_threads, write_figures  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 from grouping.affinity.gradients import output_gradients  # noqa: E402
@@ -136,13 +136,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fidelity-rows", type=int, default=200,
                         help="rows whose pairwise inner products measure fidelity")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    add_common_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    limit_threads(args)
     device = resolve_device(args.device)
     result = bench(args, device)
     print(f"device {device}, {result['threads']} CPU threads, {result['parameters']} parameters, "
@@ -154,8 +150,7 @@ def main() -> None:
               f"{result['ratio_vs_loop'][name]:>8.2f} {result['ratio_vs_bound'][name]:>8.2f} "
               f"{result['inner_product_correlation'][name]:>8.3f}")
     print(f"{'bound':>16} {args.dim:>5} {result['bound_rows_per_s']:>10.0f}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    write_figures(args.json, result)
 
 
 if __name__ == "__main__":

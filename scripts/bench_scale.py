@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_cli import add_common_arguments, write_figures  # noqa: E402
+
 from grouping.affinity.computers import GradientComputer  # noqa: E402
 from grouping.affinity.rows import RowTable  # noqa: E402
 from grouping.artifacts import RunDirectory  # noqa: E402
@@ -57,7 +59,7 @@ def sbm_config(args: argparse.Namespace) -> RunConfig:
         "groups": {"single_task": False, "random_seeds": 1, "spectral": False},
         "group_training": {"optimizers": ["adam"]},
         "dmtg": {"enabled": False},
-        "ray": {"num_workers": 2, "chunk_rows": 8192, "subsets_per_batch": 16},
+        "ray": {"num_workers": 2, "chunk_rows": 8192, "subsets_per_batch": 64},
     })
 
 
@@ -98,17 +100,21 @@ class PeakMemory:
 
 def dense_reference(run: RunDirectory, pipeline: Pipeline, config: RunConfig,
                     sample: int) -> float:
-    """Rows/s of the dense vmap projection on ``sample`` rows of the run's row table."""
+    """Rows/s of the dense vmap projection on ``sample`` rows of the run's row table: the
+    median over chunks of 1,024 rows, after a warm-up chunk."""
     saved = run.load_torch("base_model.pt")
     rows = RowTable(**run.load_arrays("gradients/rows.npz"))
     picked = np.random.default_rng(0).choice(len(rows), min(sample, len(rows)), replace=False)
     computer = GradientComputer(spec_from_dict(saved["spec"]), saved["state"],
                                 pipeline.taskset, config.affinity.projection_dim, config.seed)
-    computer(rows.example[picked[:64]], rows.task[picked[:64]])
-    start = time.perf_counter()
-    for chunk in np.array_split(picked, max(1, len(picked) // 1024)):
+    chunks = np.array_split(picked, max(1, len(picked) // 1024))
+    computer(rows.example[chunks[0]], rows.task[chunks[0]])
+    rates = []
+    for chunk in chunks:
+        start = time.perf_counter()
         computer(rows.example[chunk], rows.task[chunk])
-    return len(picked) / (time.perf_counter() - start)
+        rates.append(len(chunk) / (time.perf_counter() - start))
+    return float(np.median(rates))
 
 
 def main() -> None:
@@ -124,15 +130,14 @@ def main() -> None:
     parser.add_argument("--coverage", type=float, default=10.0)
     parser.add_argument("--max-negatives", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-groups", action="store_true",
                         help="also train the comparison's group models")
-    parser.add_argument("--reference-rows", type=int, default=4096,
+    parser.add_argument("--reference-rows", type=int, default=8192,
                         help="rows of the dense-projection reference")
     parser.add_argument("--output", help="run directory (default: a temporary one)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --output (finished stages keep their times)")
-    parser.add_argument("--json", type=Path)
+    add_common_arguments(parser, device=None, threads=False)
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     config = load_config(args.config) if args.config else sbm_config(args)
@@ -164,14 +169,12 @@ def main() -> None:
           f"× faster)")
     if "ari_planted" in groups:
         print(f"ARI vs planted families {groups['ari_planted']:.3f}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "stage_seconds": stages, "wall_seconds": wall, "peak_rss_gib": memory.peak / 2 ** 30,
-            "rows": rows, "subsets": subsets, "num_groups": groups["num_groups"],
-            "ari_planted": groups.get("ari_planted"),
-            "dense_reference_rows_per_s": reference,
-            "gradient_speedup_vs_dense": dense_seconds / stages["gradients"],
-            "run": run.location}, indent=2) + "\n")
+    write_figures(args.json, {
+        "stage_seconds": stages, "wall_seconds": wall, "peak_rss_gib": memory.peak / 2 ** 30,
+        "rows": rows, "subsets": subsets, "num_groups": groups["num_groups"],
+        "ari_planted": groups.get("ari_planted"), "dense_reference_rows_per_s": reference,
+        "gradient_speedup_vs_dense": dense_seconds / stages["gradients"],
+        "run": run.location})
 
 
 if __name__ == "__main__":

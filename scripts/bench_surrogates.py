@@ -25,7 +25,6 @@ for each number of subsets per call in ``--batch-sizes``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_cli import add_common_arguments, limit_threads, write_figures  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 from grouping.affinity.rows import RowTable  # noqa: E402
@@ -108,15 +107,10 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=1e-8)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float64",
                         help="features of the batched solve")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of both")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    add_common_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    limit_threads(args)
     device = resolve_device(args.device)
     rows, gradients = synthetic_rows(args.tasks, args.rows_per_task, args.val_rows_per_task,
                                      args.dim, args.seed)
@@ -150,13 +144,11 @@ def main() -> None:
                           len(subsets), args.repeats, device)
     for size, rate in sweep.items():
         print(f"batched, {size:>3} subsets per call: {rate:.1f} subsets/s")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "subsets_per_s": rates, "ratio": ratio, "max_loss_diff": float(difference.max()),
-            "max_relative_loss_diff": float((difference / np.abs(reference)).max()),
-            "batch_sizes": {"subsets_per_s": sweep}, "device": str(device),
-            "threads": torch.get_num_threads(), "dtype": args.dtype,
-            "repeats": args.repeats}, indent=2))
+    write_figures(args.json, {
+        "subsets_per_s": rates, "ratio": ratio, "max_loss_diff": float(difference.max()),
+        "max_relative_loss_diff": float((difference / np.abs(reference)).max()),
+        "batch_sizes": {"subsets_per_s": sweep}, "device": str(device),
+        "threads": torch.get_num_threads(), "dtype": args.dtype, "repeats": args.repeats})
 
 
 if __name__ == "__main__":

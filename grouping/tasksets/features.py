@@ -56,11 +56,13 @@ def sign_features(adjacency: sp.csr_matrix, features: np.ndarray, hops: int) -> 
     data = SIGN(hops)(Data(x=torch.from_numpy(features), edge_index=edge_index,
                            num_nodes=adjacency.shape[0]))
     parts = [data.x] + [data[f"x{k}"] for k in range(1, hops + 1)]
-    return torch.cat(parts, dim=1).numpy().astype(np.float32)
+    return torch.cat(parts, dim=1).numpy().astype(np.float32, copy=False)
 
 
 def standardize(features: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per column (constant columns left at zero)."""
+    """Zero mean, unit variance per column (constant columns left at zero), float32; scaled
+    in place of the centred copy, so that a large feature matrix is not copied again."""
     centered = features - features.mean(axis=0, keepdims=True)
     scale = centered.std(axis=0, keepdims=True)
-    return (centered / np.where(scale > 0, scale, 1.0)).astype(np.float32)
+    centered /= np.where(scale > 0, scale, 1.0)
+    return centered.astype(np.float32, copy=False)
