@@ -376,8 +376,9 @@ class DMTGConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    """Ray resources: workers per fan-out stage and each worker's share of a node.
-    ``num_gpus_per_surrogate`` > 0 solves the surrogate batches on that share of a GPU.
+    """Ray resources: workers per fan-out stage and each worker's share of a node. Gradient
+    workers with ``num_gpus_per_worker`` > 0 compute on their GPU; ``num_gpus_per_surrogate``
+    > 0 solves the surrogate batches on that share of a GPU.
     ``subsets_per_batch`` subsets go to a worker at once: the more of them share a task, the
     fewer times its rows are read (see :mod:`grouping.affinity.surrogate`)."""
 

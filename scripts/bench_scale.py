@@ -43,9 +43,10 @@ from workers.runtime import init_ray  # noqa: E402
 
 def sbm_config(args: argparse.Namespace) -> RunConfig:
     """The planted SBM at the requested size, with the scale options (Kronecker + dense
-    projection, capped negatives, low-rank clustering)."""
+    projection, capped negatives, low-rank clustering), on the CPU or, with --gpus, on that
+    share of a GPU per worker and per surrogate batch."""
     return parse_config({
-        "name": "bench-scale", "seed": args.seed, "device": "cpu",
+        "name": "bench-scale", "seed": args.seed, "device": "auto" if args.gpus else "cpu",
         "taskset": {"kind": "sbm", "num_blocks": args.blocks, "block_size": args.block_size,
                     "p_in": args.p_in, "p_out": args.p_out, "num_families": args.blocks,
                     "tasks_per_family": args.tasks // args.blocks},
@@ -59,7 +60,8 @@ def sbm_config(args: argparse.Namespace) -> RunConfig:
         "groups": {"single_task": False, "random_seeds": 1, "spectral": False},
         "group_training": {"optimizers": ["adam"]},
         "dmtg": {"enabled": False},
-        "ray": {"num_workers": 2, "chunk_rows": 8192, "subsets_per_batch": 64},
+        "ray": {"num_workers": 2, "chunk_rows": 8192, "subsets_per_batch": 64,
+                "num_gpus_per_worker": args.gpus, "num_gpus_per_surrogate": args.gpus},
     })
 
 
@@ -100,13 +102,15 @@ class PeakMemory:
 
 def dense_reference(run: RunDirectory, pipeline: Pipeline, config: RunConfig,
                     sample: int) -> float:
-    """Rows/s of the dense vmap projection on ``sample`` rows of the run's row table: the
-    median over chunks of 1,024 rows, after a warm-up chunk."""
+    """Rows/s of the dense vmap projection on ``sample`` rows of the run's row table, on the
+    gradient workers' device: the median over chunks of 1,024 rows, after a warm-up
+    chunk."""
     saved = run.load_torch("base_model.pt")
     rows = RowTable(**run.load_arrays("gradients/rows.npz"))
     picked = np.random.default_rng(0).choice(len(rows), min(sample, len(rows)), replace=False)
     computer = GradientComputer(spec_from_dict(saved["spec"]), saved["state"],
-                                pipeline.taskset, config.affinity.projection_dim, config.seed)
+                                pipeline.taskset, config.affinity.projection_dim, config.seed,
+                                device="cuda" if config.ray.num_gpus_per_worker > 0 else "cpu")
     chunks = np.array_split(picked, max(1, len(picked) // 1024))
     computer(rows.example[chunks[0]], rows.task[chunks[0]])
     rates = []
@@ -130,6 +134,9 @@ def main() -> None:
     parser.add_argument("--coverage", type=float, default=10.0)
     parser.add_argument("--max-negatives", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--gpus", type=float, default=0.0,
+                        help="share of a GPU per worker and per surrogate batch (the SBM; a "
+                             "--config sets its own ray.num_gpus_per_*)")
     parser.add_argument("--train-groups", action="store_true",
                         help="also train the comparison's group models")
     parser.add_argument("--reference-rows", type=int, default=8192,

@@ -271,17 +271,23 @@ def test_kronecker_dimension_is_the_best_balanced_factorisation():
     assert make_projector("kronecker", model, 197, seed=0).dim == 196
 
 
-@pytest.mark.parametrize("projection", ["kronecker", "kronecker+dense"])
-def test_gradient_computers_use_the_configured_projection(projection):
-    from grouping.affinity.computers import GradientComputer, feature_dim
+def _small_graph_model(seed: int):
+    """A task set of 30 examples and 3 tasks, and a SIGN-MLP's spec and state for it."""
     from grouping.tasksets import TaskSet
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     taskset = TaskSet(rng.standard_normal((30, 6)).astype(np.float32),
                       (rng.random((30, 3)) < 0.3).astype(np.uint8),
                       np.zeros(30, np.int8), ["a", "b", "c"])
     spec = ModelSpec(6, (5,), 3)
-    state = build_model(spec, 0).state_dict()
+    return taskset, spec, build_model(spec, 0).state_dict()
+
+
+@pytest.mark.parametrize("projection", ["kronecker", "kronecker+dense"])
+def test_gradient_computers_use_the_configured_projection(projection):
+    from grouping.affinity.computers import GradientComputer, feature_dim
+
+    taskset, spec, state = _small_graph_model(0)
     computer = GradientComputer(spec, state, taskset, 30, seed=2, projection=projection,
                                 intermediate_dim=64)
     examples, tasks = np.arange(8), np.arange(8) % 3
@@ -291,3 +297,17 @@ def test_gradient_computers_use_the_configured_projection(projection):
         computer.model, computer.projector, head_logits,
         (torch.tensor(taskset.features[examples]), torch.tensor(tasks)))
     assert np.allclose(features, expected[1].numpy()) and np.allclose(f0, expected[0].numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("projection", ["dense", "kronecker", "kronecker+dense"])
+def test_gradient_computers_on_a_gpu_match_the_cpu(projection):
+    from grouping.affinity.computers import GradientComputer
+
+    taskset, spec, state = _small_graph_model(1)
+    examples, tasks = np.arange(12), np.arange(12) % 3
+    outputs = [GradientComputer(spec, state, taskset, 30, seed=2, projection=projection,
+                                intermediate_dim=64, device=device)(examples, tasks)
+               for device in ("cpu", "cuda")]
+    for on_cpu, on_gpu in zip(*outputs):
+        assert np.allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-6)

@@ -30,11 +30,11 @@ class GradientWorker:
     """
 
     def __init__(self, shared: list[ray.ObjectRef], options: AffinityConfig, seed: int,
-                 threads: int) -> None:
+                 threads: int, device: str) -> None:
         torch.set_num_threads(threads)
         spec, state, taskset = ray.get(shared)
         self.computer = GradientComputer(spec, state, taskset, options.projection_dim, seed,
-                                         options.projection, options.intermediate_dim)
+                                         options.projection, options.intermediate_dim, device)
 
     def compute(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.computer(examples, tasks)
@@ -49,7 +49,8 @@ def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
     projection ``options`` name (d: :func:`feature_dim`).
 
     With ``shards``, each finished chunk is saved at once and chunks saved by an interrupted
-    attempt are read back instead of being computed again.
+    attempt are read back instead of being computed again. Workers with a share of a GPU
+    (``ray.num_gpus_per_worker``) compute on it.
     """
     f0 = np.empty(len(examples), np.float32)
     if projected.shape != (len(examples), feature_dim(options.projection,
@@ -69,8 +70,9 @@ def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
         max_restarts=config.max_retries, max_task_retries=config.max_retries)
     state = {name: tensor.cpu() for name, tensor in state.items()}
     shared = [ray.put(value) for value in (spec, state, taskset)]
+    device = "cuda" if config.num_gpus_per_worker > 0 else "cpu"
     actors = [actor_class.remote(shared, options, seed,
-                                 worker_threads(config.num_cpus_per_worker))
+                                 worker_threads(config.num_cpus_per_worker), device)
               for _ in range(min(usable_workers(config), len(todo)))]
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])
               for start in todo]

@@ -40,13 +40,15 @@ class GradientComputer:
 
     def __init__(self, spec: Spec, state: dict[str, torch.Tensor], taskset: AnyTaskSet,
                  dim: int, seed: int, projection: str = "dense",
-                 intermediate_dim: int = 2048) -> None:
-        self.model = restore(spec, state)
+                 intermediate_dim: int = 2048, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = restore(spec, state).to(self.device)
         self.projector = None
         if projection == "dense":
             shapes = {name: param.shape for name, param in self.model.named_parameters()
                       if param.requires_grad}
-            self.projection = dense_projection(shapes, dim, seed)
+            self.projection = {name: block.to(self.device)
+                               for name, block in dense_projection(shapes, dim, seed).items()}
         else:
             self.projector = make_projector(projection, self.model, dim, seed, intermediate_dim)
         self.language_model = isinstance(spec, LMSpec)
@@ -55,13 +57,18 @@ class GradientComputer:
 
             self.encoded = encode_for(self.model, taskset, spec)
         else:
-            self.features = torch.tensor(taskset.features)
+            self.features = torch.tensor(taskset.features, device=self.device)
 
     def __call__(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """f0 [rows] and the projected gradients [rows, d] of rows (examples, tasks), on the
+        CPU whatever the computer's device."""
         if self.language_model:
-            batch, output = self.encoded.rows(examples), answer_logodds
+            batch = {key: value.to(self.device)
+                     for key, value in self.encoded.rows(examples).items()}
+            output = answer_logodds
         else:
-            batch = (self.features[torch.tensor(examples)], torch.tensor(tasks))
+            batch = (self.features[torch.tensor(examples, device=self.device)],
+                     torch.tensor(tasks, device=self.device))
             output = head_logits
         if self.projector is not None:
             f0, projected = projected_output_gradients(self.model, self.projector, output, batch)
@@ -69,4 +76,4 @@ class GradientComputer:
             f0, projected = lm_output_gradients(self.model, self.projection, batch)
         else:
             f0, projected = output_gradients(self.model, self.projection, *batch)
-        return f0.numpy(), projected.numpy()
+        return f0.cpu().numpy(), projected.cpu().numpy()
