@@ -345,12 +345,16 @@ class GroupTrainingConfig(_Strict):
     """Per-group training as Ray Tune trials (one trial per group, optimizer and lr).
 
     ``optimizers[0]`` trains the groups whose rows lead the comparison; the others are
-    trained beside it on the same groups for the Adam-vs-AdaTask comparison.
+    trained beside it on the same groups for the Adam-vs-AdaTask comparison. The task
+    dominance of the all-in-one and Grad-TAG models is tracked on models of at most
+    ``dominance_max_tasks`` tasks (null: every model): it takes every task's gradient of the
+    trunk at every step, about one more backward pass per task.
     """
 
     optimizers: list[OptimizerName] = Field(["adatask_adam", "adam"], min_length=1)
     lrs: list[Annotated[float, Field(gt=0)]] = Field([1e-3], min_length=1)
     dominance_decay: float = Field(0.9, gt=0, lt=1)
+    dominance_max_tasks: int | None = Field(100, ge=1)
     num_cpus_per_trial: float = Field(1.0, gt=0)
     num_gpus_per_trial: float = Field(0.0, ge=0)
 

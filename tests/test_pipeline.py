@@ -240,3 +240,10 @@ def test_until_stops_after_the_named_stage_without_a_report(finished, tmp_path):
     assert not (copy / "comparison.json").exists() and not (copy / "report.md").exists()
     with pytest.raises(ConfigError, match=r"^--until dmtg: this config does not run"):
         Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute(until="dmtg")
+
+
+@pytest.mark.parametrize(("limit", "tracked"), [(5, [True, False]), (None, [True, True])])
+def test_dominance_is_tracked_on_models_up_to_the_limit(tmp_path, limit, tracked):
+    config = parse_config(small_sbm_config(group_training={"dominance_max_tasks": limit}))
+    pipeline = Pipeline(config, RunDirectory(tmp_path / "run", resume=False), resume=False)
+    assert [pipeline._tracks_dominance(list(range(size))) for size in (5, 6)] == tracked

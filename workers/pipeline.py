@@ -304,13 +304,19 @@ class Pipeline:
             plans.append(Plan("single", [[task] for task in range(taskset.num_tasks)]))
         return plans
 
+    def _tracks_dominance(self, group: list[int]) -> bool:
+        """Whether a compared model of these tasks tracks task dominance
+        (``group_training.dominance_max_tasks``)."""
+        limit = self.config.group_training.dominance_max_tasks
+        return limit is None or len(group) <= limit
+
     def _comparison(self) -> None:
         plans = self._plans(self.run.read_json("groups.json"))
         primary, *others = self.config.group_training.optimizers
         compared = {"all", self.grouping}
         runs = [(plan, primary) for plan in plans]
         runs += [(plan, other) for other in others for plan in plans if plan.name in compared]
-        jobs = [GroupJob(group, optimizer, plan.name in compared)
+        jobs = [GroupJob(group, optimizer, plan.name in compared and self._tracks_dominance(group))
                 for plan, optimizer in runs for group in plan.groups]
         digest = self.config.digest(*self.group_sections, "groups", "group_training")
         results = train_group_trials(self.taskset, jobs, self.config, self.run.tune_storage(),
