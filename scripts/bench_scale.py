@@ -38,7 +38,7 @@ from grouping.artifacts import RunDirectory  # noqa: E402
 from grouping.config import RunConfig, load_config, parse_config  # noqa: E402
 from grouping.models import spec_from_dict  # noqa: E402
 from workers.pipeline import Pipeline  # noqa: E402
-from workers.runtime import init_ray  # noqa: E402
+from workers.runtime import init_ray, share_device  # noqa: E402
 
 
 def sbm_config(args: argparse.Namespace) -> RunConfig:
@@ -110,7 +110,7 @@ def dense_reference(run: RunDirectory, pipeline: Pipeline, config: RunConfig,
     picked = np.random.default_rng(0).choice(len(rows), min(sample, len(rows)), replace=False)
     computer = GradientComputer(spec_from_dict(saved["spec"]), saved["state"],
                                 pipeline.taskset, config.affinity.projection_dim, config.seed,
-                                device="cuda" if config.ray.num_gpus_per_worker > 0 else "cpu")
+                                device=share_device(config.ray.num_gpus_per_worker))
     chunks = np.array_split(picked, max(1, len(picked) // 1024))
     computer(rows.example[chunks[0]], rows.task[chunks[0]])
     rates = []

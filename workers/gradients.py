@@ -18,7 +18,7 @@ from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
 from grouping.models import Spec
 from grouping.tasksets import AnyTaskSet
-from workers.runtime import usable_workers, worker_threads
+from workers.runtime import share_device, usable_workers, worker_threads
 
 
 class GradientWorker:
@@ -70,9 +70,9 @@ def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
         max_restarts=config.max_retries, max_task_retries=config.max_retries)
     state = {name: tensor.cpu() for name, tensor in state.items()}
     shared = [ray.put(value) for value in (spec, state, taskset)]
-    device = "cuda" if config.num_gpus_per_worker > 0 else "cpu"
     actors = [actor_class.remote(shared, options, seed,
-                                 worker_threads(config.num_cpus_per_worker), device)
+                                 worker_threads(config.num_cpus_per_worker),
+                                 share_device(config.num_gpus_per_worker))
               for _ in range(min(usable_workers(config), len(todo)))]
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])
               for start in todo]

@@ -39,6 +39,12 @@ def usable_workers(config: RayConfig) -> int:
     return count
 
 
+def share_device(num_gpus: float) -> str:
+    """The device of a worker holding ``num_gpus`` of a GPU: CUDA with a share, else the
+    CPU."""
+    return "cuda" if num_gpus > 0 else "cpu"
+
+
 def worker_threads(num_cpus: float) -> int:
     """Torch threads inside a worker: its CPU share, so results do not depend on the node."""
     return max(1, int(num_cpus))

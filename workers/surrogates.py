@@ -12,7 +12,7 @@ from grouping.affinity.surrogate import preconditioned, subset_losses, task_curv
 from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
 from workers.progress import run_windowed
-from workers.runtime import single_node, usable_workers, worker_threads
+from workers.runtime import share_device, single_node, usable_workers, worker_threads
 
 
 def _fit_batch(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: np.ndarray,
@@ -36,10 +36,8 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
     remote = ray.remote(_fit_batch).options(
         num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_surrogate,
         max_retries=config.max_retries)
-    device = "cuda" if config.num_gpus_per_surrogate > 0 else "cpu"
+    device = share_device(config.num_gpus_per_surrogate)
     shared_rows, shared_f0 = ray.put(rows), ray.put(np.asarray(f0))
-    curvatures = ray.put(task_curvatures(rows, f0, gradients)
-                         if preconditioned(subsets, rows, gradients.shape[1]) else None)
     mapped = (MappedRows(str(gradients.filename))
               if isinstance(gradients, np.memmap) and single_node() else None)
     threads = worker_threads(config.num_cpus_per_worker)
@@ -52,6 +50,10 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
 
         def on_result(number: int, losses: np.ndarray) -> None:
             shards.save(number, losses=losses)
+
+    curvatures = ray.put(task_curvatures(rows, f0, gradients)
+                         if len(finished) < len(batches)
+                         and preconditioned(subsets, rows, gradients.shape[1]) else None)
 
     def submit(batch: np.ndarray) -> ray.ObjectRef:
         """One batch of subsets. On one machine the workers map the gradient file and read

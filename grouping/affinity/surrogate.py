@@ -484,11 +484,12 @@ def subset_losses(subsets: np.ndarray, rows, f0: np.ndarray, gradients: np.ndarr
         tasks = np.unique(subsets)
         curvatures = task_curvatures(rows, f0, gradients, tasks)
         members = np.searchsorted(tasks, subsets)
+    terms = _read_only_tensor(curvatures) if precondition else None
     losses = []
     for run in _groups(subsets, rows, gradients.shape[1], dtype, device):
         chunk = subsets[run]
-        curvature = _sum_terms(_read_only_tensor(curvatures), torch.from_numpy(
-            members[run])).to(device) if precondition else None
+        curvature = (_sum_terms(terms, torch.from_numpy(members[run])).to(device)
+                     if precondition else None)
         w = fit_logistic_offset(_subset_blocks(chunk, TRAIN, rows, f0, gradients, dtype, device),
                                 l2, max_iterations, tolerance, precondition, curvature)
         losses.append(_task_losses(_subset_blocks(chunk, VAL, rows, f0, gradients, dtype,
