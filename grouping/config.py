@@ -300,7 +300,13 @@ class AffinityConfig(_Strict):
 
 
 class TrueAffinityConfig(_Strict):
-    """True fine-tuning of θ0 on a sample of the estimator's subsets, for the error report.
+    """The true f(S, i) on a sample of the estimator's subsets, for the error report.
+
+    ``protocol``: ``fine_tune`` copies θ0 and fine-tunes it on S (``epochs`` fixed epochs, or
+    early stopping when null, at ``lr``); ``from_scratch`` trains a fresh model on S exactly
+    as a group model is trained (the ``train`` loop with its early stopping, the first of
+    ``group_training.optimizers`` at ``group_training.lrs[0]``; ``epochs`` and ``lr`` do not
+    apply). Either way f(S, i) is task i's validation loss.
 
     ``all_subsets`` fine-tunes every subset instead of a sample: the true affinity matrix,
     its groups (a "true" comparison row) and the adjusted Rand index between the groups of
@@ -309,6 +315,7 @@ class TrueAffinityConfig(_Strict):
     """
 
     enabled: bool = False
+    protocol: Literal["fine_tune", "from_scratch"] = "fine_tune"
     num_subsets: int = Field(30, ge=1)
     all_subsets: bool = False
     epochs: int | None = Field(10, ge=1)
@@ -331,9 +338,12 @@ class ClusteringConfig(_Strict):
 
 
 class GroupsConfig(_Strict):
-    """Which groupings are trained and compared."""
+    """Which groupings are trained and compared. ``per_task_linear``: one logistic
+    regression per task on the same features (binary-label task sets only;
+    grouping.evaluation.linear_baseline)."""
 
     single_task: bool = True
+    per_task_linear: bool = True
     random_seeds: int = Field(3, ge=0)
     spectral: bool = True
 
@@ -345,7 +355,9 @@ class GroupTrainingConfig(_Strict):
     """Per-group training as Ray Tune trials (one trial per group, optimizer and lr).
 
     ``optimizers[0]`` trains the groups whose rows lead the comparison; the others are
-    trained beside it on the same groups for the Adam-vs-AdaTask comparison. The task
+    trained beside it on the same groups for the Adam-vs-AdaTask comparison. Every grouping
+    is trained with ``seeds`` initialisation seeds (``seed``, ``seed + 1``, ...; the j-th
+    random grouping with the j-th of them), and a row is the mean over them. The task
     dominance of the all-in-one and Grad-TAG models is tracked on models of at most
     ``dominance_max_tasks`` tasks (null: every model): it takes every task's gradient of the
     trunk at every step, about one more backward pass per task.
@@ -353,6 +365,7 @@ class GroupTrainingConfig(_Strict):
 
     optimizers: list[OptimizerName] = Field(["adatask_adam", "adam"], min_length=1)
     lrs: list[Annotated[float, Field(gt=0)]] = Field([1e-3], min_length=1)
+    seeds: int = Field(3, ge=1)
     dominance_decay: float = Field(0.9, gt=0, lt=1)
     dominance_max_tasks: int | None = Field(100, ge=1)
     num_cpus_per_trial: float = Field(1.0, gt=0)

@@ -44,11 +44,13 @@ def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
 
 def train_any_group(taskset: AnyTaskSet, tasks: list[int], config: RunConfig,
                     train_config: TrainConfig, device: torch.device, optimizer: str = "adam",
-                    track_dominance: bool = False) -> dict:
+                    track_dominance: bool = False, seed: int | None = None) -> dict:
     """:func:`train_group` for graph and table task sets; one fresh LoRA adapter
-    (:func:`grouping.lm_training.train_lm_group`) for instruction task sets."""
+    (:func:`grouping.lm_training.train_lm_group`) for instruction task sets. ``seed``
+    (default ``config.seed``) initialises the model and orders its batches."""
+    seed = config.seed if seed is None else seed
     if isinstance(taskset, InstructionTaskSet):
-        return train_lm_group(taskset, tasks, config.language_model, train_config, config.seed,
+        return train_lm_group(taskset, tasks, config.language_model, train_config, seed,
                               device, optimizer)
-    return train_group(taskset, tasks, config.model, train_config, config.seed, device,
+    return train_group(taskset, tasks, config.model, train_config, seed, device,
                        optimizer, track_dominance, config.group_training.dominance_decay)

@@ -19,7 +19,8 @@ def ray_session():
 
 def small_sbm_config(**sections) -> dict:
     """The quickstart's planted SBM (6 families × 4 tasks on 16 blocks of 150 nodes, narrow
-    trunk), with only the Grad-TAG groups and one random grouping trained."""
+    trunk), with only the Grad-TAG groups and one random grouping trained, one
+    initialisation seed each."""
     config = {
         "name": "test-sbm",
         "seed": 1,
@@ -32,6 +33,7 @@ def small_sbm_config(**sections) -> dict:
         "affinity": {"projection_dim": 400, "subset_size": 10, "coverage": 30},
         "clustering": {"num_groups": 6},
         "groups": {"single_task": False, "random_seeds": 1, "spectral": False},
+        "group_training": {"seeds": 1},
         "dmtg": {"enabled": False},
         "ray": {"num_workers": 2, "chunk_rows": 2048, "subsets_per_batch": 8},
     }

@@ -47,7 +47,8 @@ def test_run_directory_holds_every_artifact(finished):
     rows = json.loads(finished.file("comparison.json").read_text())
     assert {(row["grouping"], row["optimizer"]) for row in rows} == {
         ("all", "adatask_adam"), ("gradtag", "adatask_adam"), ("random", "adatask_adam"),
-        ("true", "adatask_adam"), ("all", "adam"), ("gradtag", "adam"), ("dmtg", "adam")}
+        ("true", "adatask_adam"), ("all", "adam"), ("gradtag", "adam"), ("dmtg", "adam"),
+        ("per_task_linear", "lbfgs")}
     for row in rows:
         assert set(row) >= {"grouping", "optimizer", "num_groups", "mean_test_f1",
                             "worst_test_f1", "mean_test_ap", "seconds"}
@@ -61,7 +62,8 @@ def test_run_directory_holds_every_artifact(finished):
     assert set(summary["dominance"]["adam"]) == {"trunk.0.weight", "trunk.0.bias",
                                                  "trunk.2.weight", "trunk.2.bias"}
     dmtg = finished.read_json("dmtg.json")
-    assert sorted(t for group in dmtg["groups"] for t in group) == list(range(24))
+    (dmtg_run,) = dmtg["runs"]
+    assert sorted(t for group in dmtg_run["groups"] for t in group) == list(range(24))
     assert finished.file("dominance.png").is_file()
     assert "| gradtag |" in finished.file("report.md").read_text()
 
@@ -158,6 +160,7 @@ def test_interrupted_group_training_restores_the_tune_experiment(finished, tmp_p
     copy = tmp_path / "tuned"
     shutil.copytree(finished.path, copy)
     (copy / "comparison.json").unlink()
+    shutil.rmtree(copy / "group_trials")  # only the Tune experiment holds the trained models
     results = sorted((copy / "tune").glob("*/*/checkpoint_*/result.pt"))
     assert len(results) == 26  # 19 group models with AdaTask, 7 with Adam, one lr each
     stamps = [path.stat().st_mtime_ns for path in results]
@@ -209,7 +212,7 @@ def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finis
     assert np.array_equal(run.load_array("affinity.npy"),
                           finished.load_array("true_affinity.npy"))
     rows = run.read_json("comparison.json")
-    assert {row["grouping"] for row in rows} == {"all", "true", "random"}
+    assert {row["grouping"] for row in rows} == {"all", "true", "random", "per_task_linear"}
     assert run.read_json("groups.json")["groups"] == finished.read_json("groups.json")[
         "true_groups"]
 

@@ -13,11 +13,12 @@ from grouping.training import resolve_device
 from workers.runtime import worker_threads
 
 
-def _search(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConfig) -> dict:
+def _search(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConfig,
+            seed: int) -> dict:
     torch.set_num_threads(worker_threads(config.dmtg.num_cpus))
-    result = search_groups(taskset, spec, num_groups, config.train, config.dmtg, config.seed,
+    result = search_groups(taskset, spec, num_groups, config.train, config.dmtg, seed,
                            resolve_device(config.device))
-    return {"groups": result.groups, "branch_logits": result.branch_logits.tolist(),
+    return {"seed": seed, "groups": result.groups, "branch_logits": result.branch_logits.tolist(),
             "tasks": result.tasks, "search_epochs": result.search_epochs,
             "search_best_epoch": result.search_best_epoch,
             "finetune_epochs": result.finetune_epochs,
@@ -25,9 +26,12 @@ def _search(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConfi
             "finetune_seconds": result.finetune_seconds}
 
 
-def run_dmtg(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConfig) -> dict:
-    """DMTG groups, the selected heads' per-task test metrics and the wall times."""
+def run_dmtg(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConfig,
+             seeds: list[int]) -> list[dict]:
+    """Per initialisation seed (in parallel), the DMTG groups, the selected heads' per-task
+    test metrics and the wall times."""
     remote = ray.remote(_search).options(num_cpus=config.dmtg.num_cpus,
                                          num_gpus=config.dmtg.num_gpus,
                                          max_retries=config.ray.max_retries)
-    return ray.get(remote.remote(taskset, spec, num_groups, config))
+    shared = ray.put(taskset)
+    return ray.get([remote.remote(shared, spec, num_groups, config, seed) for seed in seeds])

@@ -28,9 +28,10 @@ from grouping.config import ConfigError, RunConfig, dump_config
 from grouping.dmtg import check_memory
 from grouping.evaluation.comparison import Plan, comparison_row
 from grouping.evaluation.error_stage import ErrorStage
+from grouping.evaluation.linear_baseline import per_task_linear
 from grouping.evaluation.report import write_report
 from grouping.models import ModelSpec, Spec, restore, spec_from_dict, spec_to_dict
-from grouping.tasksets import AnyTaskSet, build_taskset
+from grouping.tasksets import AnyTaskSet, TaskSet, build_taskset
 from workers.dmtg import run_dmtg
 from workers.gradients import compute_gradient_features
 from workers.surrogates import compute_subset_losses
@@ -53,7 +54,9 @@ class Pipeline:
         self.config, self.run, self.resume = config, run, resume
         self.taskset: AnyTaskSet | None = None
         self.true_groups = config.true_affinity.enabled and config.true_affinity.all_subsets
-        self.group_sections = (*(TRUE_SECTIONS if self.true_groups else ESTIMATE_SECTIONS),
+        self.true_sections = TRUE_SECTIONS + (
+            ("group_training",) if config.true_affinity.protocol == "from_scratch" else ())
+        self.group_sections = (*(self.true_sections if self.true_groups else ESTIMATE_SECTIONS),
                                "clustering")
         self.grouping = "gradtag" if config.affinity.method == "gradtag" else "true"
 
@@ -96,7 +99,7 @@ class Pipeline:
         stages.append(("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity))
         if self.config.true_affinity.enabled:
             files = ["true_losses.npz"] + (["true_affinity.npy"] if self.true_groups else [])
-            stages.append(("true_affinity", TRUE_SECTIONS, files, self._true_losses))
+            stages.append(("true_affinity", self.true_sections, files, self._true_losses))
         stages.append(("groups", self.group_sections, ["groups.json"], self._groups))
         if self.config.true_affinity.enabled:
             stages.append(("error_report", self.group_sections, ["error_report.json"],
@@ -166,12 +169,19 @@ class Pipeline:
         shards.clear()
 
     def _fine_tune(self, subsets: np.ndarray, seed: int, description: str) -> list[dict]:
-        """True fine-tuning of θ0 on each subset. Each finished trial persists under a
-        digest of what it depends on (base model, fine-tuning settings), so an interrupted
-        stage does not redo it and another stage needing the same trial reads it back."""
+        """True training of each subset (``true_affinity.protocol``). Each finished trial
+        persists under a digest of what it depends on (base model, protocol and its training
+        settings), so an interrupted stage does not redo it and another stage needing the
+        same trial reads it back."""
         spec, state = self._load_base()
-        tuning = (self.config.digest(*BASE_SECTIONS), self.config.true_affinity.epochs,
-                  self.config.fine_tuning().model_dump_json())
+        protocol = self.config.true_affinity.protocol
+        if protocol == "from_scratch":
+            options = self.config.group_training
+            tuning = (self.config.digest(*BASE_SECTIONS), protocol, options.optimizers[0],
+                      options.lrs[0])
+        else:
+            tuning = (self.config.digest(*BASE_SECTIONS), self.config.true_affinity.epochs,
+                      self.config.fine_tuning().model_dump_json())
         digest = hashlib.sha256(repr(tuning).encode()).hexdigest()[:16]
         trials = (self.run, f"true_trials/{digest}")
         return fine_tune_subsets(self.taskset, spec, state, subsets, self.config, seed,
@@ -197,13 +207,13 @@ class Pipeline:
                                     replace=False))
         tuned = np.arange(num_subsets) if options.all_subsets else sample
         subsets = table["subsets"][tuned]
-        first = self._fine_tune(subsets, self.config.seed, "true fine-tuning")
+        first = self._fine_tune(subsets, self.config.seed, "true training")
         losses = np.stack([result["losses"] for result in first])
         arrays = {"subset_index": tuned, "subsets": subsets, "losses": losses,
                   "seconds": np.array([result["seconds"] for result in first])}
         if options.repeat:
             second = self._fine_tune(table["subsets"][sample], self.config.seed + 1,
-                                     "true fine-tuning, second seed")
+                                     "true training, second seed")
             repeat = np.full(losses.shape, np.nan)
             repeat[np.searchsorted(tuned, sample)] = [result["losses"] for result in second]
             arrays["losses_repeat"] = repeat
@@ -279,9 +289,15 @@ class Pipeline:
             raise ConfigError(str(error)) from None
 
     def _dmtg(self) -> None:
+        """DMTG once per initialisation seed of the comparison (its groups may differ)."""
         groups = self.run.read_json("groups.json")["num_groups"]
-        self.run.write_json("dmtg.json", run_dmtg(self.taskset, self._model_spec(),
-                                                  self._dmtg_branches(groups), self.config))
+        runs = run_dmtg(self.taskset, self._model_spec(), self._dmtg_branches(groups),
+                        self.config, self._init_seeds())
+        self.run.write_json("dmtg.json", {"runs": runs})
+
+    def _init_seeds(self) -> list[int]:
+        """The initialisation seeds every compared grouping is trained with."""
+        return [self.config.seed + number for number in range(self.config.group_training.seeds)]
 
     def _plans(self, record: dict) -> list[Plan]:
         """Every grouping to train: all-in-one, the leading grouping, then the baselines."""
@@ -310,37 +326,77 @@ class Pipeline:
         limit = self.config.group_training.dominance_max_tasks
         return limit is None or len(group) <= limit
 
+    def _job_key(self, job: GroupJob) -> str:
+        """Where a trained group model's result is kept: a digest of everything it depends on
+        (task set, model, training, its tasks, optimizer, seed, learning rates), so a resumed
+        comparison trains only the group models it does not hold yet."""
+        options = self.config.group_training
+        inputs = (self.config.digest(*BASE_SECTIONS), job, options.lrs, options.dominance_decay)
+        return f"group_trials/{hashlib.sha256(repr(inputs).encode()).hexdigest()[:20]}.pt"
+
+    def _train_jobs(self, jobs: list[GroupJob]) -> list[dict]:
+        """Each job's result, read back where an earlier attempt kept it, trained otherwise."""
+        keys = [self._job_key(job) for job in jobs]
+        missing = [number for number, key in enumerate(keys) if not self.run.file(key).is_file()]
+        if missing:
+            name = hashlib.sha256(repr([keys[number] for number in missing]).encode())
+            results = train_group_trials(self.taskset, [jobs[number] for number in missing],
+                                         self.config, self.run.tune_storage(),
+                                         f"groups-{name.hexdigest()[:16]}", "group models")
+            for number, result in zip(missing, results):
+                self.run.save_torch(keys[number], result)
+        return [self.run.load_torch(key) for key in keys]
+
+    def _per_task_linear(self) -> dict:
+        """The per-task logistic-regression baseline, kept like a trained group model."""
+        key = f"baselines/per_task_linear-{self.config.digest(*BASE_SECTIONS)}.json"
+        if not self.run.file(key).is_file():
+            self.run.write_json(key, per_task_linear(self.taskset))
+        return self.run.read_json(key)
+
     def _comparison(self) -> None:
         plans = self._plans(self.run.read_json("groups.json"))
         primary, *others = self.config.group_training.optimizers
         compared = {"all", self.grouping}
-        runs = [(plan, primary) for plan in plans]
-        runs += [(plan, other) for other in others for plan in plans if plan.name in compared]
-        jobs = [GroupJob(group, optimizer, plan.name in compared and self._tracks_dominance(group))
-                for plan, optimizer in runs for group in plan.groups]
-        digest = self.config.digest(*self.group_sections, "groups", "group_training")
-        results = train_group_trials(self.taskset, jobs, self.config, self.run.tune_storage(),
-                                     f"groups-{digest}", "group models")
+        seeds = self._init_seeds()
+
+        def seeds_of(plan: Plan) -> list[int]:
+            return seeds if plan.seed is None else [self.config.seed + plan.seed]
+
+        runs = [(plan, primary, seed) for plan in plans for seed in seeds_of(plan)]
+        runs += [(plan, other, seed) for other in others for plan in plans
+                 if plan.name in compared for seed in seeds]
+        jobs = [GroupJob(group, optimizer, plan.name in compared and self._tracks_dominance(group),
+                         seed)
+                for plan, optimizer, seed in runs for group in plan.groups]
+        results = self._train_jobs(jobs)
         rows, per_task, position = [], {}, 0
-        for plan, optimizer in runs:
+        for plan, optimizer, seed in runs:
             mine = results[position:position + len(plan.groups)]
             position += len(plan.groups)
-            rows.append(comparison_row(plan, mine, optimizer))
+            rows.append(comparison_row(plan, mine, optimizer, seed))
             key = plan.name if plan.seed is None else f"{plan.name}-seed{plan.seed}"
             key = key if optimizer == primary else f"{key}-{optimizer}"
-            per_task[key] = sorted((task for result in mine for task in result["tasks"]),
-                                   key=lambda task: task["task"])
-            if plan.name == self.grouping and optimizer == primary:
+            per_task[f"{key}-init{seed}"] = sorted(
+                (task for result in mine for task in result["tasks"]),
+                key=lambda task: task["task"])
+            if plan.name == self.grouping and optimizer == primary and seed == seeds[0]:
                 for number, result in enumerate(mine):
                     self.run.save_torch(f"group_models/group{number}.pt", {
                         "tasks": [task["task"] for task in result["tasks"]],
                         "optimizer": optimizer, "lr": result["lr"],
                         "spec": result["spec"], "state": result["state"]})
+        if self.config.groups.per_task_linear and isinstance(self.taskset, TaskSet):
+            linear = self._per_task_linear()
+            plan = Plan("per_task_linear", [[task] for task in range(self.taskset.num_tasks)])
+            rows.append(comparison_row(plan, [linear], "lbfgs", None))
+            per_task["per_task_linear"] = linear["tasks"]
         if self.config.dmtg.enabled:
-            dmtg = self.run.read_json("dmtg.json")
-            plan = Plan("dmtg", dmtg["groups"], dmtg["search_seconds"])
-            rows.append(comparison_row(plan, [{"tasks": dmtg["tasks"],
-                                               "seconds": dmtg["finetune_seconds"]}], "adam"))
-            per_task["dmtg"] = dmtg["tasks"]
+            for run in self.run.read_json("dmtg.json")["runs"]:
+                plan = Plan("dmtg", run["groups"], run["search_seconds"])
+                rows.append(comparison_row(plan, [{"tasks": run["tasks"],
+                                                   "seconds": run["finetune_seconds"]}],
+                                           "adam", run["seed"]))
+                per_task[f"dmtg-init{run['seed']}"] = run["tasks"]
         self.run.write_json("comparison.json", rows)
         self.run.write_json("task_metrics.json", per_task)

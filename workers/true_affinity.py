@@ -1,4 +1,5 @@
-"""True fine-tuning of sampled subsets as Ray tasks with declared resources and retries."""
+"""True training of sampled subsets (fine-tuning θ0, or from scratch as a group model, by
+``true_affinity.protocol``) as Ray tasks with declared resources and retries."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import ray
 import torch
 
-from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.affinity.true_affinity import fine_tune_subset, train_subset_from_scratch
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
 from grouping.models import Spec, restore
@@ -22,6 +23,8 @@ def _fine_tune(taskset: AnyTaskSet, spec: Spec, state: dict, subset: np.ndarray,
                config: RunConfig, seed: int) -> dict:
     torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
     device = resolve_device(config.device)
+    if config.true_affinity.protocol == "from_scratch":
+        return train_subset_from_scratch(taskset, subset, config, seed, device)
     base = restore(spec, state)
     return fine_tune_subset(base.to(device), spec, taskset, subset, config.fine_tuning(),
                             config.true_affinity.epochs, seed, device)
@@ -30,7 +33,8 @@ def _fine_tune(taskset: AnyTaskSet, spec: Spec, state: dict, subset: np.ndarray,
 def fine_tune_subsets(taskset: AnyTaskSet, spec: Spec, state: dict, subsets: np.ndarray,
                       config: RunConfig, seed: int, description: str,
                       trials: tuple[RunDirectory, str] | None = None) -> list[dict]:
-    """f(S, i) for every subset (one Ray task each), in subset order.
+    """f(S, i) for every subset (one Ray task each, under ``true_affinity.protocol``), in
+    subset order.
 
     With ``trials`` (a run directory and a folder in it), each finished trial is written
     there at once, and trials already there from an interrupted attempt are read back instead

@@ -24,12 +24,13 @@ RESULT_FILE = "result.pt"
 
 @dataclass(frozen=True)
 class GroupJob:
-    """One group model to train: its tasks, the optimizer, and whether to track the task
-    dominance of its shared layers."""
+    """One group model to train: its tasks, the optimizer, whether to track the task
+    dominance of its shared layers, and its initialisation seed (None: the config's)."""
 
     tasks: list[int]
     optimizer: str
     track_dominance: bool = False
+    seed: int | None = None
 
 
 def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunConfig) -> None:
@@ -39,7 +40,7 @@ def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunC
     job = jobs[params["job"]]
     train = config.train.model_copy(update={"lr": params["lr"]})
     result = train_any_group(taskset, job.tasks, config, train, resolve_device(config.device),
-                             job.optimizer, job.track_dominance)
+                             job.optimizer, job.track_dominance, job.seed)
     result["spec"] = spec_to_dict(result["spec"])
     with tempfile.TemporaryDirectory() as directory:
         torch.save(result, Path(directory) / RESULT_FILE)

@@ -1,5 +1,10 @@
-"""True affinity: really fine-tune θ0 on the tasks of a subset and record each task's
-validation loss f(S, i) — the quantity Grad-TAG's surrogate f̂(S, i) estimates."""
+"""True affinity: really train on the tasks of a subset and record each task's validation
+loss f(S, i) — the quantity Grad-TAG's surrogate f̂(S, i) estimates.
+
+Two protocols (``true_affinity.protocol``): ``fine_tune`` copies the all-task model θ0 and
+fine-tunes it on S (what the surrogate linearises); ``from_scratch`` trains a fresh model on S
+exactly as a group model is trained (what grouping needs: the loss a task would have in a
+group model of S)."""
 
 from __future__ import annotations
 
@@ -11,19 +16,22 @@ import torch
 from torch import nn
 
 from grouping import lm_training
-from grouping.config import TrainConfig
-from grouping.models import Spec
+from grouping.config import RunConfig, TrainConfig
+from grouping.group_models import train_any_group
+from grouping.models import Spec, restore
 from grouping.models.lora_lm import LMSpec
 from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet, TaskSet
 from grouping.training import predict, train_model
 
 
 def validation_losses(model: nn.Module, taskset: TaskSet, tasks: np.ndarray,
-                      device: torch.device) -> np.ndarray:
-    """Mean validation cross-entropy of each task (head = label column) under ``model``."""
+                      device: torch.device, heads: np.ndarray | None = None) -> np.ndarray:
+    """Mean validation cross-entropy of each task (label column) under ``model``, whose head
+    ``heads[k]`` predicts ``tasks[k]`` (default: head = label column)."""
     val = taskset.indices(VAL)
     logits = predict(model, torch.tensor(taskset.features[val], device=device))
-    logits = logits[:, torch.tensor(tasks, device=device)].double()
+    heads = tasks if heads is None else heads
+    logits = logits[:, torch.tensor(heads, device=device)].double()
     labels = torch.tensor(taskset.labels[np.ix_(val, tasks)], dtype=torch.float64, device=device)
     losses = torch.nn.functional.softplus(logits) - labels * logits
     return losses.mean(0).cpu().numpy()
@@ -67,6 +75,27 @@ def fine_tune_subset(base: nn.Module, spec: Spec, taskset: AnyTaskSet, subset: n
     else:
         model = fine_tune(base, taskset, subset, config, epochs, seed, device)
         losses = validation_losses(model, taskset, subset, device)
+    return {"losses": losses, "seconds": time.perf_counter() - start}
+
+
+def train_subset_from_scratch(taskset: AnyTaskSet, subset: np.ndarray, config: RunConfig,
+                              seed: int, device: torch.device) -> dict:
+    """f(S, i) under the ``from_scratch`` protocol: a fresh model trained on the subset's tasks
+    as a group model is (:func:`grouping.group_models.train_any_group` with the first of
+    ``group_training.optimizers`` at the first of its learning rates, initialisation seed
+    ``seed``), each task's validation loss at its best checkpoint, and the wall time."""
+    start = time.perf_counter()
+    options = config.group_training
+    train = config.train.model_copy(update={"lr": options.lrs[0]})
+    tasks = np.asarray(subset)
+    result = train_any_group(taskset, tasks.tolist(), config, train, device,
+                             options.optimizers[0], seed=seed)
+    model = restore(result["spec"], result["state"]).to(device)
+    if isinstance(result["spec"], LMSpec):
+        encoded = lm_training.encode_for(model, taskset, result["spec"])
+        losses = lm_training.validation_losses(model, taskset, encoded, tasks, device)
+    else:
+        losses = validation_losses(model, taskset, tasks, device, np.arange(len(tasks)))
     return {"losses": losses, "seconds": time.perf_counter() - start}
 
 

@@ -1,5 +1,7 @@
-"""Rows of comparison.json: one per trained grouping (and seed, for random groups) and
-optimizer."""
+"""Rows of comparison.json: one per trained grouping (and seed, for random groups), optimizer
+and initialisation seed; their summary over seeds (mean, standard deviation, standard error)
+and the verdict logic: a grouping "beats" another only when the gap exceeds two standard
+errors of the difference, √(se_a² + se_b²)."""
 
 from __future__ import annotations
 
@@ -50,18 +52,21 @@ def summary_keys(line: dict) -> tuple[str, str, str]:
             f"mean_{line['secondary_metric']}")
 
 
-def comparison_row(plan: Plan, results: list[dict], optimizer: str) -> dict:
+def comparison_row(plan: Plan, results: list[dict], optimizer: str,
+                   init_seed: int | None = None) -> dict:
     """Mean and worst per-task primary test metric (F1, or exact match for instruction
     tasks), mean secondary metric (AP over tasks with a positive test example, or token
     accuracy), cost (the grouping search plus the summed wall time of its models' training)
-    and, when tracked, the dominance fraction per shared layer."""
+    and, when tracked, the dominance fraction per shared layer. ``init_seed``: the seed its
+    models were initialised with (None for a deterministic baseline)."""
     tasks = [task for result in results for task in result["tasks"]]
     primary, secondary = metric_names(tasks[0])
     scores = np.array([task[primary] for task in tasks])
     others = np.array([task[secondary] for task in tasks])
     train_seconds = float(sum(result["seconds"] for result in results))
     return {"grouping": plan.name, "optimizer": optimizer, "num_groups": len(plan.groups),
-            "seed": plan.seed, "metric": primary, "secondary_metric": secondary,
+            "seed": plan.seed, "init_seed": init_seed, "metric": primary,
+            "secondary_metric": secondary,
             f"mean_{primary}": float(scores.mean()), f"worst_{primary}": float(scores.min()),
             f"mean_{secondary}": float(np.nanmean(others)) if np.isfinite(others).any()
             else float("nan"),
@@ -72,19 +77,69 @@ def comparison_row(plan: Plan, results: list[dict], optimizer: str) -> dict:
 
 
 def summarize_rows(rows: list[dict]) -> list[dict]:
-    """One line per grouping and optimizer: several seeds give mean and standard deviation."""
+    """One line per grouping and optimizer: the mean over its runs (seeds) and, with two
+    runs or more, their standard deviation (``_std``, ddof 1) and the standard error of the
+    mean (``_se``). A row without an initialisation seed is deterministic (its ``_se`` is 0);
+    a single seeded run has no spread (None)."""
     summary = []
     for grouping, optimizer in dict.fromkeys((row["grouping"], row["optimizer"])
                                              for row in rows):
         mine = [row for row in rows
                 if row["grouping"] == grouping and row["optimizer"] == optimizer]
+        deterministic = all(row.get("init_seed") is None and row.get("seed") is None
+                            for row in mine)
         line = {"grouping": grouping, "optimizer": optimizer,
                 "num_groups": mine[0]["num_groups"], "runs": len(mine),
+                "deterministic": deterministic,
                 "dominance": mine[0].get("dominance"), "metric": mine[0]["metric"],
                 "secondary_metric": mine[0]["secondary_metric"]}
         for key in (*summary_keys(mine[0]), "seconds"):
             values = np.array([row[key] for row in mine], dtype=float)
             line[key] = float(values.mean())
-            line[f"{key}_std"] = float(values.std()) if len(mine) > 1 else None
+            spread = len(mine) > 1
+            line[f"{key}_std"] = float(values.std(ddof=1)) if spread else None
+            line[f"{key}_se"] = (float(values.std(ddof=1) / np.sqrt(len(mine))) if spread
+                                 else 0.0 if deterministic else None)
         summary.append(line)
     return summary
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The gap between two summary lines on one metric: ``gain`` (first minus second), its
+    standard error √(se_a² + se_b²) (None when a line has no spread), and whether the first
+    beats (or loses to) the second beyond two standard errors."""
+
+    gain: float
+    se: float | None
+
+    @property
+    def z(self) -> float | None:
+        if self.se is None:
+            return None
+        if self.se == 0:
+            return 0.0 if self.gain == 0 else float(np.copysign(np.inf, self.gain))
+        return self.gain / self.se
+
+    @property
+    def beats(self) -> bool:
+        return self.z is not None and self.z > 2
+
+    @property
+    def loses(self) -> bool:
+        return self.z is not None and self.z < -2
+
+    def describe(self) -> str:
+        """``+0.053 ± 0.017 (3.1 standard errors)``, or the gain alone without a spread."""
+        if self.se is None:
+            return f"{self.gain:+.3f} (no spread: a single run)"
+        if self.se == 0:
+            return f"{self.gain:+.3f} (both rows deterministic)"
+        return f"{self.gain:+.3f} ± {self.se:.3f} ({self.z:.1f} standard errors)"
+
+
+def gap(first: dict, second: dict, key: str) -> Gap:
+    """:class:`Gap` of ``first`` over ``second`` on summary key ``key`` (e.g. mean_test_f1)."""
+    errors = [first.get(f"{key}_se"), second.get(f"{key}_se")]
+    se = None if any(error is None for error in errors) else float(np.hypot(*errors))
+    return Gap(float(first[key] - second[key]), se)

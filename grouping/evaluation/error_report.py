@@ -43,6 +43,7 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "within_task_spearman": within_task_spearman(estimate, truth, tasks),
         "base_relative_distance": relative_distance(base, truth),
         "task_mean_relative_distance": relative_distance(task_mean, truth),
+        "mean_change": float(np.mean(np.abs(estimate - base) / base)),
         "mean_true_change": float(np.mean(np.abs(truth - base) / base)),
     }
     report["true_noise_floor"] = float("nan")

@@ -10,7 +10,12 @@ import torch
 from grouping.affinity.computers import GradientComputer
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import subset_losses
-from grouping.affinity.true_affinity import fine_tune, fine_tune_adapter, linearization_error
+from grouping.affinity.true_affinity import (
+    fine_tune,
+    fine_tune_adapter,
+    linearization_error,
+    train_subset_from_scratch,
+)
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
 from grouping.evaluation.error_report import error_report
@@ -67,7 +72,9 @@ class ErrorStage:
         report["cost_ratio"] = report["estimate_seconds"] / report["true_seconds_extrapolated"]
         report["num_subsets"] = num_subsets
         report["flops"] = self.flops(estimated["subsets"], true["subsets"][0])
-        report["linearization_error"] = self.linearization(true["subsets"][:3])
+        report["linearization_error"] = (
+            self.linearization(true["subsets"][:3])
+            if self.config.true_affinity.protocol == "fine_tune" else [])
         report["tasks_without_validation_positive"] = np.flatnonzero(~has_positive).tolist()
         report["fine_tuning"] = self.config.true_affinity.model_dump()
         return report
@@ -107,5 +114,9 @@ class ErrorStage:
         per_subset = count_flops(lambda: subset_losses(
             fitted, self.rows, self.f0, self.gradients, options.l2, options.newton_iterations,
             options.tolerance)) / len(fitted)
-        true = count_flops(lambda: self._fine_tune(true_subset))
+        if self.config.true_affinity.protocol == "from_scratch":
+            true = count_flops(lambda: train_subset_from_scratch(
+                self.taskset, true_subset, self.config, self.config.seed, CPU))
+        else:
+            true = count_flops(lambda: self._fine_tune(true_subset))
         return flop_comparison(per_row, len(self.rows.example), per_subset, true, len(subsets))

@@ -37,35 +37,57 @@ def affinity_heatmap(affinity: np.ndarray, groups: list[list[int]]) -> bytes:
 
 
 def comparison_bars(summary: list[dict], metric: str = "test F1") -> bytes:
-    """Mean and worst-task primary test metric per grouping, with the seed spread as error
-    bars."""
+    """Mean and worst-task primary test metric per grouping, with the standard error over
+    seeds as error bars (only on rows with several seeds; clipped at 0)."""
     labels = [f"{line['grouping']} ({line['optimizer']})" for line in summary]
     positions = np.arange(len(summary))
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(summary)), 4))
     primary = summary[0]["metric"]
     for offset, key, name in ((-0.2, f"mean_{primary}", f"mean {metric}"),
                               (0.2, f"worst_{primary}", f"worst-task {metric}")):
-        errors = [line[f"{key}_std"] or 0.0 for line in summary]
-        axis.bar(positions + offset, [line[key] for line in summary], 0.4, yerr=errors,
-                 capsize=3, label=name)
+        values = np.array([line[key] for line in summary])
+        errors = np.array([line.get(f"{key}_se") or 0.0 for line in summary])
+        axis.bar(positions + offset, values, 0.4, label=name)
+        spread = errors > 0
+        if spread.any():
+            below = np.minimum(errors, values)
+            axis.errorbar(positions[spread] + offset, values[spread],
+                          yerr=[below[spread], errors[spread]], fmt="none", ecolor="black",
+                          capsize=3)
     axis.set_xticks(positions, labels, rotation=20, ha="right")
     axis.set_ylabel(metric)
-    axis.set_title("Groupings compared (error bars: std over seeds)")
+    axis.set_title("Groupings compared (error bars: standard error over seeds)")
     axis.legend()
     return _png(figure)
 
 
-def estimate_scatter(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray) -> bytes:
-    """f̂(S, i) and the base-loss predictor against true fine-tuning f(S, i)."""
-    figure, axis = plt.subplots(figsize=(5, 5))
-    axis.scatter(truth, base, s=8, alpha=0.5, color="tab:gray", label="base loss (no fine-tuning)")
-    axis.scatter(truth, estimate, s=8, alpha=0.7, label="Grad-TAG estimate f̂")
+def estimate_scatter(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray,
+                     tasks: np.ndarray) -> bytes:
+    """Left: f̂(S, i) and the base-loss predictor against the true f(S, i) (pooled; loss
+    levels dominate it). Right: within-task deviations, f − mean_i(f) against f̂ − mean_i(f̂)
+    over each task's subsets: the ranking grouping depends on."""
+    figure, (pooled, within) = plt.subplots(1, 2, figsize=(10, 5))
+    pooled.scatter(truth, base, s=8, alpha=0.5, color="tab:gray",
+                   label="base loss (no training)")
+    pooled.scatter(truth, estimate, s=8, alpha=0.7, label="estimate f̂")
     low, high = float(min(truth.min(), estimate.min())), float(max(truth.max(), estimate.max()))
-    axis.plot([low, high], [low, high], color="black", linewidth=0.8)
-    axis.set_xlabel("true validation loss f(S, i)")
-    axis.set_ylabel("predicted validation loss")
-    axis.set_title("Estimated vs true subset losses")
-    axis.legend()
+    pooled.plot([low, high], [low, high], color="black", linewidth=0.8)
+    pooled.set_xlabel("true validation loss f(S, i)")
+    pooled.set_ylabel("predicted validation loss")
+    pooled.set_title("Pooled")
+    pooled.legend()
+
+    def centred(values: np.ndarray) -> np.ndarray:
+        means = {task: values[tasks == task].mean() for task in np.unique(tasks)}
+        return values - np.array([means[task] for task in tasks])
+
+    within.scatter(centred(truth), centred(estimate), s=8, alpha=0.7)
+    within.axhline(0, color="black", linewidth=0.5)
+    within.axvline(0, color="black", linewidth=0.5)
+    within.set_xlabel("f − task mean of f")
+    within.set_ylabel("f̂ − task mean of f̂")
+    within.set_title("Within each task")
+    figure.tight_layout()
     return _png(figure)
 
 

@@ -1,0 +1,84 @@
+"""Grouping-quality benchmark on real task sets: which truth, which groups, with error bars.
+
+For each config (default: the six below), on one base model and one set of sampled subsets:
+the estimate against two truths (every subset trained from scratch as a group model is, and
+θ0 fine-tuned on it; a sample of subsets under a second seed gives each truth's noise floor),
+and the grouping outcome of all-in-one, the estimated groups, each truth's oracle groups,
+random groups of the same sizes, DMTG, single-task (small task sets) and one logistic
+regression per task, every model over several initialisation seeds (see
+:mod:`workers.quality`). Prints a markdown table and verdicts per config.
+
+    python scripts/bench_quality.py --json results/bench_quality.json
+    python scripts/bench_quality.py --configs configs/yeast.yaml --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.bench_cli import add_common_arguments, write_figures  # noqa: E402
+
+DEFAULT_CONFIGS = ("sbm_100", "snap_amazon_sub", "snap_dblp_sub", "yeast", "cal500",
+                   "instructions_tiny")
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", type=Path,
+                        default=[ROOT / "configs" / f"{name}.yaml" for name in DEFAULT_CONFIGS])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "bench_quality",
+                        help="run directories, one per config and truth (reused when present)")
+    parser.add_argument("--max-subsets", type=int, default=100,
+                        help="estimator subsets per config (every one is also truly trained)")
+    parser.add_argument("--repeat-subsets", type=int, default=100,
+                        help="subsets trained under a second seed (the noise floor)")
+    parser.add_argument("--seeds", type=int, default=3, help="initialisation seeds per row")
+    parser.add_argument("--random-seeds", type=int, default=3, help="random-group draws")
+    parser.add_argument("--single-task-max", type=int, default=30,
+                        help="train single-task models only up to this many tasks")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a field of every config")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    add_common_arguments(parser, device=None, threads=False)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    from grouping.config import ConfigError, load_config
+    from workers.quality import BenchmarkSettings, benchmark_config, markdown
+    from workers.runtime import init_ray
+
+    try:
+        names = [load_config(path, arguments.set).name for path in arguments.configs]
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = BenchmarkSettings(arguments.max_subsets, arguments.repeat_subsets,
+                                 arguments.seeds, arguments.random_seeds,
+                                 arguments.single_task_max, arguments.seed)
+    init_ray(None)
+    figures, text = {"settings": vars(settings), "configs": {}}, []
+    for name, path in zip(names, arguments.configs):
+        start = time.perf_counter()
+        result = benchmark_config(path, arguments.workdir / name, settings, arguments.set)
+        result["seconds"]["total"] = time.perf_counter() - start
+        figures["configs"][name] = result
+        text += markdown(name, result)
+        print("\n".join(markdown(name, result)), flush=True)
+        write_figures(arguments.json, figures)
+        if arguments.markdown:
+            arguments.markdown.write_text("\n".join(text) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The grouping-quality benchmark: the verdict logic, seeds and their spread, the
+from-scratch truth, the per-task linear baseline, and the benchmark end to end on a tiny
+planted task set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import small_sbm_config
+
+from grouping.affinity.true_affinity import train_subset_from_scratch, validation_losses
+from grouping.config import parse_config
+from grouping.evaluation import linear_baseline
+from grouping.evaluation.comparison import gap, summarize_rows
+from grouping.group_models import train_any_group
+from grouping.models import restore
+from grouping.tasksets import TEST, TRAIN, VAL, build_taskset
+
+CPU = torch.device("cpu")
+
+
+def _row(grouping: str, value: float, init_seed: int | None, seed: int | None = None) -> dict:
+    return {"grouping": grouping, "optimizer": "adam", "num_groups": 2, "seed": seed,
+            "init_seed": init_seed, "metric": "test_f1", "secondary_metric": "test_ap",
+            "mean_test_f1": value, "worst_test_f1": value / 2, "mean_test_ap": value,
+            "seconds": 1.0}
+
+
+def _lines(rows: list[dict]) -> dict[str, dict]:
+    return {line["grouping"]: line for line in summarize_rows(rows)}
+
+
+def test_summary_gives_the_standard_error_over_seeds():
+    lines = _lines([_row("a", value, seed) for seed, value in enumerate([0.5, 0.6, 0.7])]
+                   + [_row("linear", 0.4, None), _row("once", 0.3, 0)])
+    assert lines["a"]["runs"] == 3
+    assert lines["a"]["mean_test_f1"] == pytest.approx(0.6)
+    assert lines["a"]["mean_test_f1_std"] == pytest.approx(0.1)
+    assert lines["a"]["mean_test_f1_se"] == pytest.approx(0.1 / np.sqrt(3))
+    assert lines["linear"]["mean_test_f1_se"] == 0.0  # deterministic: no spread to have
+    assert lines["once"]["mean_test_f1_se"] is None  # one seeded run: spread unknown
+
+
+def test_verdict_refuses_beats_within_two_standard_errors():
+    rows = [_row("a", value, seed) for seed, value in enumerate([0.50, 0.60, 0.70])]
+    rows += [_row("b", value, seed) for seed, value in enumerate([0.45, 0.55, 0.65])]
+    rows += [_row("c", value, seed) for seed, value in enumerate([0.20, 0.21, 0.22])]
+    lines = _lines(rows)
+    close = gap(lines["a"], lines["b"], "mean_test_f1")
+    assert close.gain == pytest.approx(0.05)
+    assert close.se == pytest.approx(np.hypot(0.1 / np.sqrt(3), 0.1 / np.sqrt(3)))
+    assert not close.beats and not close.loses and abs(close.z) < 2
+    far = gap(lines["a"], lines["c"], "mean_test_f1")
+    assert far.beats and far.z > 2 and "standard errors" in far.describe()
+    assert gap(lines["c"], lines["a"], "mean_test_f1").loses
+
+
+def test_verdict_refuses_beats_without_a_spread():
+    lines = _lines([_row("a", 0.9, 0), _row("b", 0.1, 0)])
+    difference = gap(lines["a"], lines["b"], "mean_test_f1")
+    assert difference.se is None and not difference.beats and not difference.loses
+    assert "single run" in difference.describe()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    data = small_sbm_config(taskset={"num_blocks": 6, "num_families": 3, "tasks_per_family": 2},
+                            affinity={"subset_size": 3},
+                            train={"max_epochs": 30, "patience": 5})
+    config = parse_config(data)
+    return config, build_taskset(config)
+
+
+def test_from_scratch_truth_is_the_group_models_validation_loss(tiny):
+    config, taskset = tiny
+    subset = np.array([1, 4, 5])
+    truth = train_subset_from_scratch(taskset, subset, config, 7, CPU)["losses"]
+    train = config.train.model_copy(update={"lr": config.group_training.lrs[0]})
+    group = train_any_group(taskset, subset.tolist(), config, train, CPU,
+                            config.group_training.optimizers[0], seed=7)
+    model = restore(group["spec"], group["state"])
+    expected = validation_losses(model, taskset, subset, CPU, np.arange(3))
+    assert np.array_equal(truth, expected)
+    other_seed = train_subset_from_scratch(taskset, subset, config, 8, CPU)["losses"]
+    assert not np.array_equal(truth, other_seed)
+
+
+def test_group_seeds_change_the_model(tiny):
+    config, taskset = tiny
+    train = config.train
+    first, second = (train_any_group(taskset, [0, 1], config, train, CPU, "adam", seed=seed)
+                     for seed in (0, 1))
+    assert not torch.equal(first["state"]["trunk.0.weight"], second["state"]["trunk.0.weight"])
+
+
+def test_per_task_linear_fits_training_rows_and_never_reads_test_labels(tiny):
+    _, taskset = tiny
+    features = taskset.features.astype(np.float64)
+    labels = taskset.labels[:, 0].copy()
+    train, val, test = (taskset.indices(split) for split in (TRAIN, VAL, TEST))
+    scores, _ = linear_baseline._fit_task(features, labels, train, val)
+    shuffled = labels.copy()
+    shuffled[test] = 1 - shuffled[test]
+    assert np.array_equal(linear_baseline._fit_task(features, shuffled, train, val)[0], scores)
+    flipped = labels.copy()
+    flipped[train] = 1 - flipped[train]
+    assert not np.allclose(linear_baseline._fit_task(features, flipped, train, val)[0], scores)
+    result = linear_baseline.per_task_linear(taskset)
+    assert [task["task"] for task in result["tasks"]] == list(range(taskset.num_tasks))
+    assert all(c in linear_baseline.INVERSE_L2_GRID for c in result["inverse_l2"])
+
+
+def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_path):
+    from workers.quality import BenchmarkSettings, benchmark_config, markdown
+
+    data = small_sbm_config(taskset={"num_blocks": 8, "num_families": 3, "tasks_per_family": 3,
+                                     "flip_fraction": 0.1},
+                            affinity={"subset_size": 3, "coverage": 4},
+                            clustering={"num_groups": 3})
+    path = tmp_path / "planted.yaml"
+    path.write_text(yaml.safe_dump(data))
+    settings = BenchmarkSettings(max_subsets=60, repeat_subsets=20, seeds=2, random_seeds=2,
+                                 single_task_max_tasks=0)
+    figures = benchmark_config(path, tmp_path / "bench", settings)
+    assert max(figures["ari_planted_oracle"].values()) >= 0.9
+    rows = {row["grouping"]: row for row in figures["rows"]}
+    assert {"all-in-one", "estimated groups", "random groups", "per-task logistic",
+            "oracle groups (from-scratch truth)", "oracle groups (fine-tune truth)"} <= set(rows)
+    assert rows["estimated groups"]["n_seeds"] == 2
+    assert rows["estimated groups"]["se_test_f1"] is not None
+    assert rows["per-task logistic"]["se_test_f1"] == 0.0
+    estimator = figures["estimators"]["surrogate"]
+    assert estimator["noise_floor"] <= 1 and np.isfinite(estimator["within_task_spearman"])
+    assert figures["truth"]["protocol"] in ("from_scratch", "fine_tune")
+    assert "standard errors" in figures["verdict"] or "single run" in figures["verdict"]
+    assert markdown("planted", figures)[0] == "### planted"
