@@ -281,4 +281,4 @@ def test_a_python_builder_runs_through_the_pipeline(ray_session, tmp_path):
     groups = json.loads(run.file("groups.json").read_text())
     assert sorted(task for group in groups["groups"] for task in group) == list(range(6))
     rows = json.loads(run.file("comparison.json").read_text())
-    assert {row["grouping"] for row in rows} == {"all", "gradtag", "random"}
+    assert {row["grouping"] for row in rows} == {"all", "gradtag", "random", "per_task_linear"}
