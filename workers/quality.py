@@ -113,7 +113,19 @@ def _lines(directory: Path) -> dict[str, dict]:
 
 def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettings,
                      extra: list[str] = ()) -> dict:
-    """Every figure of one config (see the module docstring); runs live under ``workdir``."""
+    """Every figure of one config (see the module docstring); runs live under ``workdir``
+    (``from_scratch/`` and ``fine_tune/``, resumed when present).
+
+    Returns ``default_estimator``; ``estimators`` {name: within_task_spearman, noise_floor,
+    ratio_to_floor, mean_change, true_mean_change, spearman, relative_distance,
+    base_relative_distance, cost_ratio, flop_ratio, ...} against the target truth and
+    ``estimators_by_truth`` {protocol: {name: ...}} against both; ``truth`` {protocol (the
+    target: the truth whose oracle gains most over random groups), num_subsets,
+    repeated_subsets, seeds, pair_coverage}; ``rows`` [{grouping, optimizer, n_seeds,
+    num_groups, deterministic, mean_/se_ of the primary and secondary test metrics,
+    worst_/se_worst_ of the primary}]; ``oracle_beats_random`` {protocol: bool}; ``verdicts``
+    {question: sentence} and ``verdict`` (the estimated groups against random groups); ARIs
+    against planted families and between estimated and oracle groups; wall ``seconds``."""
     scratch, tuned = workdir / "from_scratch", workdir / "fine_tune"
     config, scratch_seconds = _run(config_path, list(extra), settings, "from_scratch", scratch,
                                    scratch.is_dir())
