@@ -95,17 +95,19 @@ class Pipeline:
                         self._gradients),
                        ("surrogates", ESTIMATE_SECTIONS, losses, self._surrogates)]
         else:
-            stages.append(("true_subsets", ESTIMATE_SECTIONS, losses, self._true_subsets))
+            stages.append(("true_subsets", self.true_sections, losses, self._true_subsets))
         stages.append(("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity))
         if self.config.true_affinity.enabled:
             files = ["true_losses.npz"] + (["true_affinity.npy"] if self.true_groups else [])
             stages.append(("true_affinity", self.true_sections, files, self._true_losses))
         stages.append(("groups", self.group_sections, ["groups.json"], self._groups))
         if self.config.true_affinity.enabled:
-            stages.append(("error_report", self.group_sections, ["error_report.json"],
+            sections = tuple(dict.fromkeys((*self.group_sections, *self.true_sections)))
+            stages.append(("error_report", sections, ["error_report.json"],
                            self._error_report))
         if self.config.dmtg.enabled:
-            stages.append(("dmtg", (*self.group_sections, "dmtg"), ["dmtg.json"], self._dmtg))
+            stages.append(("dmtg", (*ESTIMATE_SECTIONS, "clustering", "dmtg", "group_training"),
+                           ["dmtg.json"], self._dmtg))
         stages.append(("comparison", (*self.group_sections, "groups", "group_training", "dmtg"),
                        ["comparison.json", "task_metrics.json"], self._comparison))
         return stages
@@ -337,7 +339,9 @@ class Pipeline:
     def _train_jobs(self, jobs: list[GroupJob]) -> list[dict]:
         """Each job's result, read back where an earlier attempt kept it, trained otherwise."""
         keys = [self._job_key(job) for job in jobs]
-        missing = [number for number, key in enumerate(keys) if not self.run.file(key).is_file()]
+        first = {key: number for number, key in reversed(list(enumerate(keys)))}
+        missing = [number for key, number in sorted(first.items(), key=lambda item: item[1])
+                   if not self.run.file(key).is_file()]
         if missing:
             name = hashlib.sha256(repr([keys[number] for number in missing]).encode())
             results = train_group_trials(self.taskset, [jobs[number] for number in missing],

@@ -149,7 +149,8 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     oracle_groups = {protocol: RunDirectory(workdir / protocol, True).read_json("groups.json")
                      for protocol in PROTOCOLS}
     oracle_gaps = {protocol: gap(summary[f"oracle_{protocol}"], summary["random"], key)
-                   for protocol in PROTOCOLS if f"oracle_{protocol}" in summary}
+                   for protocol in PROTOCOLS
+                   if f"oracle_{protocol}" in summary and "random" in summary}
     target = max(oracle_gaps, key=lambda protocol: oracle_gaps[protocol].gain,
                  default="from_scratch")
     result = {
@@ -173,7 +174,8 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     result["oracle_beats_random"] = {protocol: difference.beats
                                      for protocol, difference in oracle_gaps.items()}
     result["verdicts"] = verdicts(summary, key, names)
-    result["verdict"] = result["verdicts"]["estimated_vs_random"]
+    result["verdict"] = result["verdicts"].get("estimated_vs_random",
+                                               "no estimated or no random groups to compare")
     return result
 
 

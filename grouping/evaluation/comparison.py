@@ -79,15 +79,15 @@ def comparison_row(plan: Plan, results: list[dict], optimizer: str,
 def summarize_rows(rows: list[dict]) -> list[dict]:
     """One line per grouping and optimizer: the mean over its runs (seeds) and, with two
     runs or more, their standard deviation (``_std``, ddof 1) and the standard error of the
-    mean (``_se``). A row without an initialisation seed is deterministic (its ``_se`` is 0);
-    a single seeded run has no spread (None)."""
+    mean (``_se``). A row whose ``init_seed`` is null is deterministic (its ``_se`` is 0);
+    a single seeded run, or seeded runs that agree exactly, have no standard error (None)."""
     summary = []
     for grouping, optimizer in dict.fromkeys((row["grouping"], row["optimizer"])
                                              for row in rows):
         mine = [row for row in rows
                 if row["grouping"] == grouping and row["optimizer"] == optimizer]
-        deterministic = all(row.get("init_seed") is None and row.get("seed") is None
-                            for row in mine)
+        deterministic = all("init_seed" in row and row["init_seed"] is None
+                            and row.get("seed") is None for row in mine)
         line = {"grouping": grouping, "optimizer": optimizer,
                 "num_groups": mine[0]["num_groups"], "runs": len(mine),
                 "deterministic": deterministic,
@@ -97,9 +97,11 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
             values = np.array([row[key] for row in mine], dtype=float)
             line[key] = float(values.mean())
             spread = len(mine) > 1
-            line[f"{key}_std"] = float(values.std(ddof=1)) if spread else None
-            line[f"{key}_se"] = (float(values.std(ddof=1) / np.sqrt(len(mine))) if spread
-                                 else 0.0 if deterministic else None)
+            std = float(values.std(ddof=1)) if spread else None
+            line[f"{key}_std"] = std
+            # Seeded runs that agree exactly say nothing about the noise: no standard error.
+            line[f"{key}_se"] = (0.0 if deterministic else None if not std
+                                 else std / float(np.sqrt(len(mine))))
         summary.append(line)
     return summary
 
