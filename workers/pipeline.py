@@ -339,9 +339,10 @@ class Pipeline:
     def _train_jobs(self, jobs: list[GroupJob]) -> list[dict]:
         """Each job's result, read back where an earlier attempt kept it, trained otherwise."""
         keys = [self._job_key(job) for job in jobs]
-        first = {key: number for number, key in reversed(list(enumerate(keys)))}
-        missing = [number for key, number in sorted(first.items(), key=lambda item: item[1])
-                   if not self.run.file(key).is_file()]
+        first: dict[str, int] = {}
+        for number, key in enumerate(keys):
+            first.setdefault(key, number)
+        missing = [number for key, number in first.items() if not self.run.file(key).is_file()]
         if missing:
             name = hashlib.sha256(repr([keys[number] for number in missing]).encode())
             results = train_group_trials(self.taskset, [jobs[number] for number in missing],

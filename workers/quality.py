@@ -106,11 +106,6 @@ def _row(line: dict, name: str) -> dict:
     return row
 
 
-def _lines(directory: Path) -> dict[str, dict]:
-    rows = RunDirectory(directory, True).read_json("comparison.json")
-    return {line["grouping"]: line for line in summarize_rows(rows)}
-
-
 def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettings,
                      extra: list[str] = ()) -> dict:
     """Every figure of one config (see the module docstring); runs live under ``workdir``
@@ -134,7 +129,10 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
         shutil.copytree(scratch, tuned, ignore=shutil.ignore_patterns("tune"),
                         copy_function=os.link)
     _, tuned_seconds = _run(config_path, list(extra), settings, "fine_tune", tuned, True)
-    lines = {protocol: _lines(workdir / protocol) for protocol in PROTOCOLS}
+    runs = {protocol: RunDirectory(workdir / protocol, True) for protocol in PROTOCOLS}
+    lines = {protocol: {line["grouping"]: line
+                        for line in summarize_rows(run.read_json("comparison.json"))}
+             for protocol, run in runs.items()}
     summary = dict(lines["from_scratch"])
     summary.pop("true", None)
     names = {**ROW_NAMES}
@@ -143,11 +141,9 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
             summary[f"oracle_{protocol}"] = lines[protocol]["true"]
             names[f"oracle_{protocol}"] = f"oracle groups ({protocol.replace('_', '-')} truth)"
     key = f"mean_{summary['all']['metric']}"
-    reports = {protocol: RunDirectory(workdir / protocol, True).read_json("error_report.json")
-               for protocol in PROTOCOLS}
-    groups = RunDirectory(scratch, True).read_json("groups.json")
-    oracle_groups = {protocol: RunDirectory(workdir / protocol, True).read_json("groups.json")
-                     for protocol in PROTOCOLS}
+    reports = {protocol: run.read_json("error_report.json") for protocol, run in runs.items()}
+    oracle_groups = {protocol: run.read_json("groups.json") for protocol, run in runs.items()}
+    groups = oracle_groups["from_scratch"]
     oracle_gaps = {protocol: gap(summary[f"oracle_{protocol}"], summary["random"], key)
                    for protocol in PROTOCOLS
                    if f"oracle_{protocol}" in summary and "random" in summary}
@@ -200,10 +196,8 @@ def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[
         if first not in summary or second not in summary:
             continue
         difference = gap(summary[first], summary[second], key)
-        word = ("beat" if difference.beats else "lose to" if difference.loses
-                else "are indistinguishable from")
         subject = names.get(first, first)
-        out[label] = (f"{subject} {word} {names.get(second, second)}: "
+        out[label] = (f"{subject} {difference.verb} {names.get(second, second)}: "
                       f"{difference.describe()} in mean {metric}")
     return out
 

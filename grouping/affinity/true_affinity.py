@@ -91,22 +91,27 @@ def train_subset_from_scratch(taskset: AnyTaskSet, subset: np.ndarray, config: R
     result = train_any_group(taskset, tasks.tolist(), config, train, device,
                              options.optimizers[0], seed=seed)
     model = restore(result["spec"], result["state"]).to(device)
-    if isinstance(result["spec"], LMSpec):
-        encoded = lm_training.encode_for(model, taskset, result["spec"])
-        losses = lm_training.validation_losses(model, taskset, encoded, tasks, device)
-    else:
-        losses = validation_losses(model, taskset, tasks, device, np.arange(len(tasks)))
+    losses = model_validation_losses(model, result["spec"], taskset, tasks, device,
+                                     np.arange(len(tasks)))
     return {"losses": losses, "seconds": time.perf_counter() - start}
+
+
+def model_validation_losses(model: nn.Module, spec: Spec, taskset: AnyTaskSet,
+                            tasks: np.ndarray, device: torch.device,
+                            heads: np.ndarray | None = None) -> np.ndarray:
+    """Each task's validation loss under ``model``: the output function's for a language
+    model, the head's cross-entropy otherwise (head ``heads[k]`` for ``tasks[k]``; default
+    head = label column)."""
+    if isinstance(spec, LMSpec):
+        encoded = lm_training.encode_for(model, taskset, spec)
+        return lm_training.validation_losses(model, taskset, encoded, tasks, device)
+    return validation_losses(model, taskset, tasks, device, heads)
 
 
 def base_losses(base: nn.Module, spec: Spec, taskset: AnyTaskSet,
                 device: torch.device) -> np.ndarray:
     """Every task's validation loss under θ0 (the no-fine-tuning predictor)."""
-    tasks = np.arange(taskset.num_tasks)
-    if isinstance(spec, LMSpec):
-        encoded = lm_training.encode_for(base, taskset, spec)
-        return lm_training.validation_losses(base, taskset, encoded, tasks, device)
-    return validation_losses(base, taskset, tasks, device)
+    return model_validation_losses(base, spec, taskset, np.arange(taskset.num_tasks), device)
 
 
 def linearization_error(base: nn.Module, tuned: nn.Module, projection: dict[str, torch.Tensor],

@@ -131,6 +131,11 @@ class Gap:
     def loses(self) -> bool:
         return self.z is not None and self.z < -2
 
+    @property
+    def verb(self) -> str:
+        """``beat``, ``lose to`` or ``are indistinguishable from`` (plural subject)."""
+        return "beat" if self.beats else "lose to" if self.loses else "are indistinguishable from"
+
     def describe(self) -> str:
         """``+0.053 ± 0.017 (3.1 standard errors)``, or the gain alone without a spread."""
         if self.se is None:

@@ -60,9 +60,7 @@ def _verdict(summary: list[dict]) -> list[str]:
         if own not in by_key:
             continue
         difference = gap(by_key[own], line, key)
-        word = ("beat" if difference.beats else "lose to" if difference.loses
-                else "are indistinguishable from")
-        lines.append(f"- {label} ({own[1]}) {word} {name} ({optimizer}): "
+        lines.append(f"- {label} ({own[1]}) {difference.verb} {name} ({optimizer}): "
                      f"{difference.describe()} mean {metric}.")
     return lines
 
