@@ -199,10 +199,13 @@ class FeaturesConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """SIGN-MLP: an MLP trunk over propagated features, one logit head per task."""
+    """SIGN-MLP: an MLP trunk over propagated features, one logit head per task; ``skip``
+    adds a per-task linear map from the input features to each head's logit (so the model
+    contains one logistic regression per task)."""
 
     hidden: list[Annotated[int, Field(ge=1)]] = [8, 8]
     dropout: float = Field(0.0, ge=0, lt=1)
+    skip: bool = False
 
 
 class LoRAConfig(_Strict):
@@ -258,14 +261,23 @@ class LanguageModelConfig(_Strict):
         return self
 
 
+PositiveWeighting = Literal["none", "sqrt", "balanced"]
+
+
 class TrainConfig(_Strict):
-    """The training loop shared by base, group and single-task models."""
+    """The training loop shared by base, group and single-task models (grouping.training):
+    ``pos_weight`` up-weights each task's positives in the BCE by its training
+    negative-to-positive ratio r (``sqrt``: √r, ``balanced``: r); ``early_stopping`` keeps
+    the epoch of the lowest validation loss (``val_loss``) or of the highest mean per-task
+    validation average precision (``val_ap``)."""
 
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(20, ge=1)
+    pos_weight: PositiveWeighting = "none"
+    early_stopping: Literal["val_loss", "val_ap"] = "val_loss"
 
 
 class AffinityConfig(_Strict):

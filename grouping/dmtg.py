@@ -62,11 +62,11 @@ import torch
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits, gumbel_softmax
 
-from grouping.config import DMTGConfig, TrainConfig
+from grouping.config import DMTGConfig, PositiveWeighting, TrainConfig
 from grouping.evaluation.metrics import task_metrics
 from grouping.models import ModelSpec, build_model
 from grouping.tasksets import TRAIN, VAL, TaskSet
-from grouping.training import predict, train_model
+from grouping.training import positive_weights, predict, train_model
 
 FLOAT_BYTES = 4
 PARAMETER_COPIES = 5
@@ -75,14 +75,17 @@ EVAL_ROWS = 8192
 
 class BranchedMLP(nn.Module):
     """K SIGN-MLP trunks and K·N heads; the heads are a batched weight [K, H, N] and bias
-    [K, N], so one forward evaluates every branch and head: [batch, F] → [K, batch, N]."""
+    [K, N], so one forward evaluates every branch and head: [batch, F] → [K, batch, N]. With
+    the spec's per-task linear skip, one skip weight [F, N] (task i's column, whichever branch
+    it picks) is added to every branch's logits."""
 
     def __init__(self, trunks: Sequence[nn.Module], weight: torch.Tensor,
-                 bias: torch.Tensor) -> None:
+                 bias: torch.Tensor, skip: torch.Tensor | None = None) -> None:
         super().__init__()
         self.trunks = nn.ModuleList(trunks)
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
+        self.skip = None if skip is None else nn.Parameter(skip)
 
     @classmethod
     def build(cls, spec: ModelSpec, num_branches: int, seed: int) -> BranchedMLP:
@@ -92,7 +95,8 @@ class BranchedMLP(nn.Module):
         models = [build_model(spec, int(branch_seed)) for branch_seed in seeds]
         weight = torch.stack([model.heads.weight.detach().T for model in models])
         bias = torch.stack([model.heads.bias.detach() for model in models])
-        return cls([model.trunk for model in models], weight, bias)
+        skip = None if models[0].skip is None else models[0].skip.weight.detach().T.clone()
+        return cls([model.trunk for model in models], weight, bias, skip)
 
     @property
     def num_branches(self) -> int:
@@ -100,13 +104,15 @@ class BranchedMLP(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         hidden = torch.stack([trunk(inputs) for trunk in self.trunks])
-        return torch.baddbmm(self.bias.unsqueeze(1), hidden, self.weight)
+        logits = torch.baddbmm(self.bias.unsqueeze(1), hidden, self.weight)
+        return logits if self.skip is None else logits + (inputs @ self.skip).unsqueeze(0)
 
     def select(self, branches: Sequence[int]) -> BranchedMLP:
         """A copy holding only ``branches`` (trunks and heads), in that order."""
         index = torch.as_tensor(list(branches), device=self.weight.device)
         return BranchedMLP([copy.deepcopy(self.trunks[k]) for k in branches],
-                           self.weight.detach()[index].clone(), self.bias.detach()[index].clone())
+                           self.weight.detach()[index].clone(), self.bias.detach()[index].clone(),
+                           None if self.skip is None else self.skip.detach().clone())
 
 
 class SelectedHeads(nn.Module):
@@ -132,13 +138,18 @@ class _Data:
     targets: torch.Tensor
     train_rows: torch.Tensor
     val_rows: torch.Tensor
+    pos_weight: torch.Tensor
 
     @classmethod
-    def of(cls, taskset: TaskSet, device: torch.device) -> _Data:
+    def of(cls, taskset: TaskSet, device: torch.device, rule: PositiveWeighting) -> _Data:
+        """The task set on ``device``, with each task's positive weight under ``rule``
+        (:func:`grouping.training.positive_weights`, from training labels)."""
+        train = taskset.indices(TRAIN)
         return cls(torch.tensor(taskset.features, device=device),
                    torch.from_numpy(taskset.labels.astype(np.float32)).to(device),
-                   torch.from_numpy(taskset.indices(TRAIN)).to(device),
-                   torch.from_numpy(taskset.indices(VAL)).to(device))
+                   torch.from_numpy(train).to(device),
+                   torch.from_numpy(taskset.indices(VAL)).to(device),
+                   positive_weights(taskset.labels[train], rule).to(device))
 
 
 @dataclass
@@ -168,16 +179,19 @@ def dmtg_memory_bytes(spec_or_dims: ModelSpec | Sequence[int], num_tasks: int,
     """Estimated peak device bytes of a DMTG search (float32).
 
     ``spec_or_dims`` gives the hidden widths (a ModelSpec or the widths themselves). Counts
-    parameters K·(trunk + H·N + N) + N·K five times (weights, gradients, two Adam moments,
-    best checkpoint); the larger of a training step's activations, 4·K·batch·(ΣH + N) (layer
-    outputs and their gradients), and a validation chunk's, 2·K·chunk·(max H + N); the input
-    batch; and the features and targets of all examples, n·(F + N).
+    parameters K·(trunk + H·N + N) + N·K (and F·N for a spec's per-task skip) five times
+    (weights, gradients, two Adam moments, best checkpoint); the larger of a training step's
+    activations, 4·K·batch·(ΣH + N) (layer outputs and their gradients), and a validation
+    chunk's, 2·K·chunk·(max H + N); the input batch; and the features and targets of all
+    examples, n·(F + N).
     """
     hidden = tuple(spec_or_dims.hidden if isinstance(spec_or_dims, ModelSpec)
                    else spec_or_dims)
     widths = (feature_dim, *hidden)
     trunk = sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(widths, widths[1:]))
     parameters = num_branches * (trunk + (widths[-1] + 1) * num_tasks) + num_tasks * num_branches
+    if isinstance(spec_or_dims, ModelSpec) and spec_or_dims.skip:
+        parameters += feature_dim * num_tasks
     chunk = min(num_examples, EVAL_ROWS)
     training = 4 * num_branches * batch_size * (sum(hidden) + num_tasks)
     validation = 2 * num_branches * chunk * (max(widths) + num_tasks)
@@ -225,14 +239,16 @@ def selected_logits(model: SelectedHeads, taskset: TaskSet, device: torch.device
 
 @torch.no_grad()
 def _head_losses(model: BranchedMLP, data: _Data, rows: torch.Tensor) -> torch.Tensor:
-    """Mean BCE of every head on every branch over ``rows``, [K, N], in eval mode."""
+    """Mean BCE (with the positive weights) of every head on every branch over ``rows``,
+    [K, N], in eval mode."""
     model.eval()
     total = torch.zeros(model.num_branches, data.targets.shape[1], device=data.targets.device)
     for start in range(0, len(rows), EVAL_ROWS):
         chunk = rows[start:start + EVAL_ROWS]
         logits = model(data.features[chunk])
         targets = data.targets[chunk].expand_as(logits)
-        total += binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)
+        total += binary_cross_entropy_with_logits(logits, targets, pos_weight=data.pos_weight,
+                                                  reduction="none").sum(1)
     return total / len(rows)
 
 
@@ -252,7 +268,8 @@ def _train_epoch(model: BranchedMLP, data: _Data, batch_size: int,
         rows = order[start:start + batch_size]
         logits = model(data.features[rows])
         losses = binary_cross_entropy_with_logits(
-            logits, data.targets[rows].expand_as(logits), reduction="none").mean(1)
+            logits, data.targets[rows].expand_as(logits), pos_weight=data.pos_weight,
+            reduction="none").mean(1)
         optimizer.zero_grad(set_to_none=True)
         (weights().T * losses).sum().backward()
         optimizer.step()
@@ -319,7 +336,7 @@ def search_groups(taskset: TaskSet, spec: ModelSpec, num_groups: int, train: Tra
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked):
         torch.manual_seed(seed)
-        data = _Data.of(taskset, device)
+        data = _Data.of(taskset, device, train.pos_weight)
         model = BranchedMLP.build(spec, num_groups, seed).to(device)
         branch_logits = nn.Parameter(torch.zeros(num_tasks, num_groups, device=device))
 
@@ -344,5 +361,5 @@ def search_groups(taskset: TaskSet, spec: ModelSpec, num_groups: int, train: Tra
         model=selected.cpu(), logits=logits,
         tasks=task_metrics(taskset, logits, np.arange(num_tasks)),
         search_epochs=search_epochs, search_best_epoch=search_best, search_val_curve=curve,
-        finetune_epochs=len(result.val_curve) - 1, finetune_best_epoch=result.best_epoch,
+        finetune_epochs=len(result.criterion_curve) - 1, finetune_best_epoch=result.best_epoch,
         search_seconds=search_seconds, finetune_seconds=finetune_seconds)

@@ -30,14 +30,14 @@ def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
     start = time.perf_counter()
     columns = np.asarray(tasks)
     spec = ModelSpec(taskset.features.shape[1], tuple(model_config.hidden), len(columns),
-                     model_config.dropout)
+                     model_config.dropout, model_config.skip)
     model = build_model(spec, seed)
     result = train_model(model, taskset, columns, train_config, seed, device,
                          optimizer=optimizer, track_dominance=track_dominance,
                          dominance_decay=dominance_decay)
     logits = predict(model, torch.tensor(taskset.features, device=device)).cpu().numpy()
     return {"tasks": task_metrics(taskset, logits, columns), "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_val_loss, "spec": spec,
+            "best_criterion": result.best_criterion, "spec": spec,
             "state": {name: value.cpu() for name, value in result.state.items()},
             "dominance": result.dominance, "seconds": time.perf_counter() - start}
 

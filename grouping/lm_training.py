@@ -136,7 +136,7 @@ def train_lm(model: nn.Module, taskset: InstructionTaskSet, encoded: EncodedExam
         return float(softplus(torch.from_numpy(-outputs)).mean())
 
     best = TrainResult(adapter_state(model), 0, val_loss(), [])
-    best.val_curve.append(best.best_val_loss)
+    best.criterion_curve.append(best.best_criterion)
     since_best = 0
     for epoch in range(1, (max_epochs or config.max_epochs) + 1):
         model.train()
@@ -167,6 +167,6 @@ def train_lm_group(taskset: InstructionTaskSet, tasks: list[int], lm_config: Lan
     result = train_lm(model, taskset, encoded, np.asarray(tasks), train_config, seed, device,
                       optimizer=optimizer)
     return {"tasks": task_metrics(model, taskset, encoded, np.asarray(tasks), device),
-            "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+            "best_epoch": result.best_epoch, "best_criterion": result.best_criterion,
             "spec": spec, "state": result.state, "dominance": None,
             "seconds": time.perf_counter() - start}

@@ -1,8 +1,9 @@
 """The one training loop used for base, group and single-task models.
 
-Binary cross-entropy on the logits of the active heads, Adam or AdaTask, mini-batches over the
-training split, early stopping on the validation loss of the active heads, best checkpoint
-kept.
+Binary cross-entropy on the logits of the active heads (each task's positives optionally
+up-weighted, ``train.pos_weight``), Adam or AdaTask, mini-batches over the training split,
+early stopping on a validation criterion of the active heads (``train.early_stopping``: the
+loss, or one minus the mean per-task average precision), best checkpoint kept.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from grouping.config import OptimizerName, TrainConfig
+from grouping.config import OptimizerName, PositiveWeighting, TrainConfig
 from grouping.optim import ADATASK_OPTIMIZERS, AdamTaskSplit, DominanceTracker, task_gradients
 from grouping.tasksets import TRAIN, VAL, TaskSet
 
@@ -32,38 +33,82 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class TrainResult:
-    """Best state (by validation loss), its epoch and loss, the per-epoch curve and, when
-    tracked, the task-dominance fraction of each shared layer at the end of training."""
+    """Best state (by the validation criterion, lower is better), its epoch and criterion,
+    the per-epoch criterion curve (entry 0: before training) and, when tracked, the
+    task-dominance fraction of each shared layer at the end of training."""
 
     state: dict[str, torch.Tensor]
     best_epoch: int
-    best_val_loss: float
-    val_curve: list[float]
+    best_criterion: float
+    criterion_curve: list[float]
     dominance: dict[str, float] | None = None
 
-    def record(self, epoch: int, loss: float,
+    def record(self, epoch: int, criterion: float,
                snapshot: Callable[[], dict[str, torch.Tensor]]) -> bool:
-        """Add an epoch's validation loss to the curve; when it is the best so far, keep
+        """Add an epoch's validation criterion to the curve; when it is the best so far, keep
         ``snapshot()`` as the best state and return True."""
-        self.val_curve.append(loss)
-        if loss >= self.best_val_loss:
+        self.criterion_curve.append(criterion)
+        if criterion >= self.best_criterion:
             return False
-        self.state, self.best_epoch, self.best_val_loss = snapshot(), epoch, loss
+        self.state, self.best_epoch, self.best_criterion = snapshot(), epoch, criterion
         return True
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return binary_cross_entropy_with_logits(logits, targets)
+def positive_weights(labels: np.ndarray, rule: PositiveWeighting) -> torch.Tensor:
+    """Per-column weight of the positive term of the BCE, from training labels [n, k].
+
+    With r = (negatives / positives) of a column: ``none`` → 1, ``sqrt`` → √r, ``balanced`` → r
+    (positives and negatives then carry equal total weight, as scikit-learn's
+    ``class_weight="balanced"`` up to a common factor). A column without a positive (or
+    without a negative) gets 1.
+    """
+    positives = labels.sum(axis=0).astype(np.float64)
+    negatives = len(labels) - positives
+    ratio = np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1),
+                     1.0)
+    weights = {"none": np.ones_like(ratio), "sqrt": np.sqrt(ratio), "balanced": ratio}[rule]
+    return torch.tensor(weights, dtype=torch.float32)
 
 
-def _task_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _loss(logits: torch.Tensor, targets: torch.Tensor,
+          pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows and heads of −[w_k·y·log σ(z) + (1 − y)·log(1 − σ(z))]."""
+    return binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+
+
+def _task_losses(logits: torch.Tensor, targets: torch.Tensor,
+                 pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """L_k = batch-mean BCE of head k / number of heads, so that Σ_k L_k = ``_loss``."""
-    losses = binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(0)
+    losses = binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight,
+                                              reduction="none").mean(0)
     return losses / logits.shape[1]
 
 
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over columns with a positive of each column's average precision,
+    AP = Σ_n (R_n − R_{n−1}) P_n over the distinct score thresholds n (tied scores form one
+    threshold, as scikit-learn's ``average_precision_score``); NaN when no column has a
+    positive."""
+    ordered, order = torch.sort(scores, dim=0, descending=True)
+    ranked = torch.gather(targets, 0, order).to(torch.float64)
+    hits = ranked.cumsum(0)
+    ranks = torch.arange(1, len(scores) + 1, device=scores.device, dtype=torch.float64)
+    threshold_end = torch.ones_like(ranked, dtype=torch.bool)
+    threshold_end[:-1] = ordered[:-1] != ordered[1:]
+    hits_at_ends = torch.where(threshold_end, hits, torch.zeros_like(hits))
+    previous = torch.cat([torch.zeros_like(hits[:1]), hits_at_ends.cummax(0).values[:-1]])
+    new_hits = torch.where(threshold_end, hits - previous, torch.zeros_like(hits))
+    positives = ranked.sum(0)
+    present = positives > 0
+    if not bool(present.any()):
+        return float("nan")
+    precision_sum = (new_hits * hits / ranks[:, None]).sum(0)
+    return float((precision_sum[present] / positives[present]).mean())
+
+
 def make_step(model: nn.Module, name: OptimizerName, config: TrainConfig,
-              tracker: DominanceTracker | None) -> Step:
+              tracker: DominanceTracker | None,
+              pos_weight: torch.Tensor | None = None) -> Step:
     """The optimisation step of :func:`train_model`: a function of a batch's logits (with
     their graph) and targets. For per-task updates the model's ``trunk`` is shared and every
     other parameter (the heads) task-specific; the tracker, if any, gets each step's task
@@ -76,11 +121,12 @@ def make_step(model: nn.Module, name: OptimizerName, config: TrainConfig,
 
         def adam_step(logits: torch.Tensor, targets: torch.Tensor) -> None:
             optimizer.zero_grad(set_to_none=True)
-            _loss(logits, targets).backward(retain_graph=split is not None)
+            _loss(logits, targets, pos_weight).backward(retain_graph=split is not None)
             if split is None:
                 optimizer.step()
             else:
-                split.step(task_gradients(_task_losses(logits, targets), split.params))
+                split.step(task_gradients(_task_losses(logits, targets, pos_weight),
+                                           split.params))
         return adam_step
     shared = list(model.trunk.parameters())
     specific = [param for param_name, param in model.named_parameters()
@@ -92,7 +138,7 @@ def make_step(model: nn.Module, name: OptimizerName, config: TrainConfig,
 
     def adatask_step(logits: torch.Tensor, targets: torch.Tensor) -> None:
         adatask.zero_grad(set_to_none=True)
-        losses = _task_losses(logits, targets)
+        losses = _task_losses(logits, targets, pos_weight)
         losses.sum().backward(inputs=specific, retain_graph=True)
         adatask.step(task_gradients(losses, shared))
     return adatask_step
@@ -118,6 +164,11 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     config's. ``keep_best=False`` runs a fixed schedule: no early stopping, and the model
     keeps its final state (the result still reports the best epoch seen).
 
+    The validation criterion (lower is better) is ``config.early_stopping``: ``val_loss``, the
+    training objective (with its positive weights) on the validation rows, or ``val_ap``,
+    1 − the mean over active heads of validation average precision (the loss when no active
+    head has a validation positive).
+
     ``optimizer`` is ``adam`` (``config.weight_decay`` as an L2 term) or an AdaTask variant
     (:mod:`grouping.optim.adatask`; decoupled weight decay) over the model's ``trunk``, each
     active head's loss a task. AdaTask models need a ``trunk`` module and treat every other
@@ -136,15 +187,21 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     model = model.to(device)
     tracker = DominanceTracker([f"trunk.{name}" for name, _ in model.trunk.named_parameters()],
                                dominance_decay) if track_dominance else None
-    step = make_step(model, optimizer, config, tracker)
+    pos_weight = positive_weights(taskset.labels[taskset.indices(TRAIN)][:, columns],
+                                  config.pos_weight).to(device)
+    step = make_step(model, optimizer, config, tracker, pos_weight)
     generator = torch.Generator().manual_seed(seed)
+    val_targets = targets[val_rows]
+    use_ap = config.early_stopping == "val_ap" and bool(val_targets.any())
 
-    def val_loss() -> float:
+    def val_criterion() -> float:
         logits = predict(model, features[val_rows])[:, head_index]
-        return float(_loss(logits, targets[val_rows]))
+        if use_ap:
+            return 1.0 - mean_average_precision(logits, val_targets)
+        return float(_loss(logits, val_targets, pos_weight))
 
-    best = TrainResult(copy.deepcopy(model.state_dict()), 0, val_loss(), [])
-    best.val_curve.append(best.best_val_loss)
+    best = TrainResult(copy.deepcopy(model.state_dict()), 0, val_criterion(), [])
+    best.criterion_curve.append(best.best_criterion)
     since_best = 0
     for epoch in range(1, (max_epochs or config.max_epochs) + 1):
         model.train()
@@ -152,7 +209,7 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
             step(model(features[rows])[:, head_index], targets[rows])
-        improved = best.record(epoch, val_loss(), lambda: copy.deepcopy(model.state_dict()))
+        improved = best.record(epoch, val_criterion(), lambda: copy.deepcopy(model.state_dict()))
         since_best = 0 if improved else since_best + 1
         if keep_best and since_best >= config.patience:
             break

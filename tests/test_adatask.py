@@ -219,7 +219,7 @@ def test_train_model_with_adatask_reports_dominance_per_trunk_layer(optimizer):
     config = TrainConfig(lr=0.01, batch_size=16, max_epochs=5)
     result = train_model(model, taskset, np.arange(4), config, 0, CPU, optimizer=optimizer,
                          track_dominance=True)
-    assert result.best_val_loss < result.val_curve[0]
+    assert result.best_criterion < result.criterion_curve[0]
     assert set(result.dominance) == {"trunk.0.weight", "trunk.0.bias", "trunk.2.weight",
                                      "trunk.2.bias"}
     assert all(0 <= fraction <= 1 for fraction in result.dominance.values())
@@ -235,7 +235,7 @@ def test_tracking_dominance_leaves_the_adam_run_unchanged():
                            config, 0, CPU, active_heads=np.array([0, 2, 3]),
                            track_dominance=tracked)
                for tracked in (False, True)]
-    assert results[0].val_curve == results[1].val_curve
+    assert results[0].criterion_curve == results[1].criterion_curve
     assert all(torch.equal(results[0].state[name], results[1].state[name])
                for name in results[0].state)
     assert results[0].dominance is None

@@ -95,6 +95,24 @@ def test_read_groups_and_selected_heads():
         torch.testing.assert_close(selected[:, task], every_head[branch, :, task])
 
 
+def test_a_skip_spec_gives_every_branch_the_tasks_own_linear_skip():
+    spec = ModelSpec(in_dim=5, hidden=(3,), num_heads=4, skip=True)
+    branches = dmtg.BranchedMLP.build(spec, 3, seed=0)
+    inputs = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    without = dmtg.BranchedMLP(branches.trunks, branches.weight.detach(),
+                               branches.bias.detach())
+    torch.testing.assert_close(branches(inputs) - without(inputs),
+                               (inputs @ branches.skip.detach()).expand(3, 6, 4))
+    kept = branches.select([2, 0])
+    torch.testing.assert_close(kept(inputs), branches(inputs)[[2, 0]])
+    parameters = sum(p.numel() for p in branches.parameters())
+    plain = sum(p.numel() for p in dmtg.BranchedMLP.build(ModelSpec(5, (3,), 4), 3, 0)
+                .parameters())
+    assert parameters - plain == 5 * 4
+    assert dmtg.dmtg_memory_bytes(spec, 4, 3, 64, 100, 5) - dmtg.dmtg_memory_bytes(
+        ModelSpec(5, (3,), 4), 4, 3, 64, 100, 5) == 4 * 5 * 5 * 4
+
+
 def test_temperature_anneals_exponentially():
     config = DMTGConfig(temperature=4.0, final_temperature=0.25)
     assert dmtg.temperature_at(1, 9, config) == pytest.approx(4.0)

@@ -28,13 +28,13 @@ def test_training_keeps_the_best_validation_checkpoint():
     config, taskset, spec = _planted()
     model = build_model(spec, seed=0)
     result = train_model(model, taskset, np.arange(taskset.num_tasks), config.train, 0, CPU)
-    assert result.best_val_loss == min(result.val_curve)
-    assert result.best_val_loss < result.val_curve[0]
-    assert result.val_curve.index(result.best_val_loss) == result.best_epoch
+    assert result.best_criterion == min(result.criterion_curve)
+    assert result.best_criterion < result.criterion_curve[0]
+    assert result.criterion_curve.index(result.best_criterion) == result.best_epoch
     logits = predict(model, torch.from_numpy(taskset.features[taskset.indices(VAL)]))
     targets = torch.from_numpy(taskset.labels[taskset.indices(VAL)].astype(np.float32))
     assert abs(float(binary_cross_entropy_with_logits(logits, targets))
-               - result.best_val_loss) < 1e-5
+               - result.best_criterion) < 1e-5
 
 
 def test_planted_families_transfer_under_true_fine_tuning():

@@ -118,7 +118,7 @@ class Pipeline:
         self.run.save_torch("base_model.pt", {"spec": spec_to_dict(result["spec"]),
                                               "state": result["state"]})
         self.run.write_json("base_metrics.json", {key: result[key] for key in (
-            "tasks", "best_epoch", "best_val_loss", "seconds")})
+            "tasks", "best_epoch", "best_criterion", "seconds")})
 
     def _load_base(self) -> tuple[Spec, dict]:
         saved = self.run.load_torch("base_model.pt")
@@ -275,7 +275,7 @@ class Pipeline:
 
     def _model_spec(self) -> ModelSpec:
         return ModelSpec(self.taskset.features.shape[1], tuple(self.config.model.hidden),
-                         self.taskset.num_tasks, self.config.model.dropout)
+                         self.taskset.num_tasks, self.config.model.dropout, self.config.model.skip)
 
     def _dmtg_branches(self, groups: int) -> int:
         return self.config.dmtg.num_groups or groups

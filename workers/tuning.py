@@ -44,7 +44,7 @@ def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunC
     result["spec"] = spec_to_dict(result["spec"])
     with tempfile.TemporaryDirectory() as directory:
         torch.save(result, Path(directory) / RESULT_FILE)
-        tune.report({"val_loss": result["best_val_loss"]},
+        tune.report({"val_criterion": result["best_criterion"]},
                     checkpoint=tune.Checkpoint.from_directory(directory))
 
 
@@ -94,7 +94,7 @@ def train_group_trials(taskset: AnyTaskSet, jobs: list[GroupJob], config: RunCon
             trainable,
             param_space={"job": tune.grid_search(list(range(len(jobs)))),
                          "lr": tune.grid_search(list(options.lrs))},
-            tune_config=tune.TuneConfig(metric="val_loss", mode="min", reuse_actors=True),
+            tune_config=tune.TuneConfig(metric="val_criterion", mode="min", reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=0,
                 callbacks=[_ProgressBar(total, description)],
@@ -104,6 +104,6 @@ def train_group_trials(taskset: AnyTaskSet, jobs: list[GroupJob], config: RunCon
     for result in grid:
         saved = _read_result(result)
         job = result.config["job"]
-        if job not in best or saved["best_val_loss"] < best[job]["best_val_loss"]:
+        if job not in best or saved["best_criterion"] < best[job]["best_criterion"]:
             best[job] = saved
     return [best[job] for job in range(len(jobs))]

@@ -23,7 +23,7 @@ def spec_from_dict(saved: dict) -> Spec:
     if saved.get("family") == "lora_lm":
         return LMSpec.from_dict(saved)
     return ModelSpec(saved["in_dim"], tuple(saved["hidden"]), saved["num_heads"],
-                     saved["dropout"])
+                     saved["dropout"], saved.get("skip", False))
 
 
 def restore(spec: Spec, state: dict[str, torch.Tensor]) -> nn.Module:

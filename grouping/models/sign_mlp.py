@@ -1,5 +1,8 @@
 """SIGN-MLP (Frasca et al., "SIGN: Scalable Inception Graph Neural Networks", 2020):
-precomputed propagated node features feed an MLP trunk; each task has its own logit head."""
+precomputed propagated node features feed an MLP trunk; each task has its own logit head,
+optionally with a per-task linear skip from the input features (a wide-and-deep layout:
+Cheng et al., "Wide & Deep Learning for Recommender Systems", 2016), so that the model
+contains one linear model per task."""
 
 from __future__ import annotations
 
@@ -17,12 +20,16 @@ class ModelSpec:
     hidden: tuple[int, ...]
     num_heads: int
     dropout: float = 0.0
+    skip: bool = False
 
 
 class SignMLP(nn.Module):
     """MLP trunk (Linear-ReLU per hidden width) and ``num_heads`` linear logit heads.
 
-    The heads are stored as one ``nn.Linear(hidden[-1], num_heads)``: row k is head k.
+    The heads are stored as one ``nn.Linear(hidden[-1], num_heads)``: row k is head k. With
+    ``spec.skip``, ``skip`` (``nn.Linear(in_dim, num_heads, bias=False)``, row k task k's) adds
+    a linear function of the input to each logit: z_k = w_k·h(x) + b_k + u_k·x. The skip is
+    task-specific, not part of the shared ``trunk``.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -36,10 +43,12 @@ class SignMLP(nn.Module):
             width = size
         self.trunk = nn.Sequential(*layers)
         self.heads = nn.Linear(width, spec.num_heads)
+        self.skip = nn.Linear(spec.in_dim, spec.num_heads, bias=False) if spec.skip else None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """[batch, in_dim] → [batch, num_heads] logits."""
-        return self.heads(self.trunk(inputs))
+        logits = self.heads(self.trunk(inputs))
+        return logits if self.skip is None else logits + self.skip(inputs)
 
 
 def restore_model(spec: ModelSpec, state: dict[str, torch.Tensor]) -> SignMLP:

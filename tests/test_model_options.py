@@ -1,0 +1,132 @@
+"""Model and training options for rare labels: positive weighting, early stopping on mean
+validation AP, the per-task linear skip; and the per-task logistic-regression baseline's use of
+the splits."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_sbm_config
+from sklearn.metrics import average_precision_score
+
+import grouping.evaluation.linear_baseline as linear_baseline
+from grouping.config import parse_config
+from grouping.evaluation.linear_baseline import per_task_linear
+from grouping.models import ModelSpec, build_model
+from grouping.tasksets import TEST, VAL, build_taskset
+from grouping.training import (
+    _loss,
+    mean_average_precision,
+    positive_weights,
+    predict,
+    train_model,
+)
+
+CPU = torch.device("cpu")
+
+
+def _planted(**train):
+    config = parse_config({**small_sbm_config(), "train": {"max_epochs": 30, "patience": 5,
+                                                           **train}})
+    return config, build_taskset(config)
+
+
+def test_positive_weights_follow_the_negative_to_positive_ratio():
+    labels = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]])
+    labels[:, 2] = 1
+    assert positive_weights(labels, "none").tolist() == [1.0, 1.0, 1.0]
+    assert positive_weights(labels, "balanced").tolist() == pytest.approx([1.5, 1.0, 1.0])
+    assert positive_weights(labels, "sqrt").tolist() == pytest.approx([1.5 ** 0.5, 1.0, 1.0])
+
+
+def test_a_positive_weight_scales_the_positive_term_of_the_loss_only():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 3, generator=generator)
+    targets = (torch.rand(50, 3, generator=generator) < 0.2).float()
+    weight = torch.tensor([1.0, 4.0, 9.0])
+    expected = -(weight * targets * torch.nn.functional.logsigmoid(logits)
+                 + (1 - targets) * torch.nn.functional.logsigmoid(-logits)).mean()
+    assert float(_loss(logits, targets, weight)) == pytest.approx(float(expected), rel=1e-6)
+    negatives_only = torch.zeros_like(targets)
+    assert float(_loss(logits, negatives_only, weight)) == pytest.approx(
+        float(_loss(logits, negatives_only)), rel=1e-6)
+
+
+def test_mean_average_precision_matches_scikit_learn():
+    generator = np.random.default_rng(0)
+    scores = generator.normal(size=(200, 4))
+    targets = (generator.random((200, 4)) < 0.1).astype(np.float32)
+    targets[:, 3] = 0
+    scores[::3, 1] = 0.5  # ties form one threshold
+    expected = np.mean([average_precision_score(targets[:, k], scores[:, k]) for k in range(3)])
+    assert mean_average_precision(torch.tensor(scores), torch.tensor(targets)) == \
+        pytest.approx(expected, rel=1e-9)
+    assert np.isnan(mean_average_precision(torch.tensor(scores), torch.zeros(200, 4)))
+
+
+def test_early_stopping_on_validation_ap_keeps_the_epoch_where_it_peaks():
+    config, taskset = _planted(early_stopping="val_ap")
+    spec = ModelSpec(taskset.features.shape[1], tuple(config.model.hidden), taskset.num_tasks)
+    model = build_model(spec, seed=0)
+    result = train_model(model, taskset, np.arange(taskset.num_tasks), config.train, 0, CPU)
+    curve = result.criterion_curve
+    assert result.best_criterion == min(curve) and curve.index(min(curve)) == result.best_epoch
+    assert len(curve) - 1 in (result.best_epoch + config.train.patience, config.train.max_epochs)
+    val = taskset.indices(VAL)
+    logits = predict(model, torch.from_numpy(taskset.features[val])).numpy()
+    labels = taskset.labels[val]
+    aps = [average_precision_score(labels[:, k], logits[:, k])
+           for k in range(taskset.num_tasks) if labels[:, k].any()]
+    assert 1 - np.mean(aps) == pytest.approx(result.best_criterion, abs=1e-9)
+
+
+def test_positive_weighting_changes_training_and_val_loss_criterion_uses_it():
+    config, taskset = _planted()
+    spec = ModelSpec(taskset.features.shape[1], tuple(config.model.hidden), taskset.num_tasks)
+    plain = train_model(build_model(spec, 0), taskset, np.arange(taskset.num_tasks),
+                        config.train, 0, CPU, max_epochs=3, keep_best=False)
+    weighted_config = config.train.model_copy(update={"pos_weight": "balanced"})
+    weighted = train_model(build_model(spec, 0), taskset, np.arange(taskset.num_tasks),
+                           weighted_config, 0, CPU, max_epochs=3, keep_best=False)
+    # Same initial model, a weighted criterion: positives are rare, so it is larger.
+    assert weighted.criterion_curve[0] > plain.criterion_curve[0]
+    assert weighted.criterion_curve[1:] != plain.criterion_curve[1:]
+
+
+def test_the_skip_path_with_a_zeroed_trunk_is_one_linear_model_per_task():
+    spec = ModelSpec(6, (5, 4), 3, skip=True)
+    model = build_model(spec, seed=1)
+    with torch.no_grad():
+        for param in model.trunk.parameters():
+            param.zero_()
+    inputs = torch.randn(10, 6)
+    expected = inputs @ model.skip.weight.T + model.heads.bias
+    assert torch.allclose(model(inputs), expected, atol=1e-6)
+    assert not any(name.startswith("trunk.") for name, _ in model.skip.named_parameters())
+    no_skip = build_model(ModelSpec(6, (5, 4), 3), seed=1)
+    assert model.skip is not None and no_skip.skip is None
+
+
+def test_the_linear_baseline_fits_on_training_rows_and_thresholds_on_validation_rows(
+        monkeypatch):
+    _, taskset = _planted()
+    tasks = np.arange(4)
+    reference = per_task_linear(taskset, tasks)
+    # Test labels are used for nothing but the test metrics: flipping them leaves the chosen C
+    # of every task unchanged.
+    test_flipped = copy.deepcopy(taskset)
+    test_flipped.labels[taskset.indices(TEST)] = 1 - test_flipped.labels[taskset.indices(TEST)]
+    assert per_task_linear(test_flipped, tasks)["inverse_l2"] == reference["inverse_l2"]
+    # Validation labels choose C and the threshold only: with one C, flipping them leaves the
+    # fitted scores (so the test AP) unchanged and moves the F1 threshold.
+    monkeypatch.setattr(linear_baseline, "INVERSE_L2_GRID", (1.0,))
+    val_flipped = copy.deepcopy(taskset)
+    val_flipped.labels[taskset.indices(VAL)] = 1 - val_flipped.labels[taskset.indices(VAL)]
+    fixed, flipped = per_task_linear(taskset, tasks), per_task_linear(val_flipped, tasks)
+    assert [row["test_ap"] for row in fixed["tasks"]] == \
+        pytest.approx([row["test_ap"] for row in flipped["tasks"]])
+    assert [row["test_f1"] for row in fixed["tasks"]] != \
+        [row["test_f1"] for row in flipped["tasks"]]
