@@ -201,11 +201,12 @@ class FeaturesConfig(_Strict):
 class ModelConfig(_Strict):
     """SIGN-MLP: an MLP trunk over propagated features, one logit head per task; ``skip``
     adds a per-task linear map from the input features to each head's logit (so the model
-    contains one logistic regression per task)."""
+    contains one logistic regression per task). The default ``skip: true`` is measured
+    (``scripts/bench_models.py``, README "Model options")."""
 
     hidden: list[Annotated[int, Field(ge=1)]] = [8, 8]
     dropout: float = Field(0.0, ge=0, lt=1)
-    skip: bool = False
+    skip: bool = True
 
 
 class LoRAConfig(_Strict):
@@ -269,15 +270,16 @@ class TrainConfig(_Strict):
     ``pos_weight`` up-weights each task's positives in the BCE by its training
     negative-to-positive ratio r (``sqrt``: √r, ``balanced``: r); ``early_stopping`` keeps
     the epoch of the lowest validation loss (``val_loss``) or of the highest mean per-task
-    validation average precision (``val_ap``)."""
+    validation average precision (``val_ap``). Both apply to binary-label task sets; their
+    defaults are measured (``scripts/bench_models.py``, README "Model options")."""
 
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(20, ge=1)
-    pos_weight: PositiveWeighting = "none"
-    early_stopping: Literal["val_loss", "val_ap"] = "val_loss"
+    pos_weight: PositiveWeighting = "sqrt"
+    early_stopping: Literal["val_loss", "val_ap"] = "val_ap"
 
 
 class AffinityConfig(_Strict):
@@ -452,6 +454,12 @@ class RunConfig(_Strict):
             raise ValueError("true_affinity.enabled: the error report compares Grad-TAG's "
                              "estimate with true fine-tuning; affinity.method 'true' has no "
                              "estimate to compare")
+        binary_only = self.train.model_fields_set & {"pos_weight", "early_stopping"}
+        if isinstance(self.taskset, InstructionsTaskSet) and binary_only:
+            field = sorted(binary_only)[0]
+            raise ValueError(f"train.{field}: applies to binary-label task sets; an "
+                             "instructions task set trains on the answer's loss and stops on "
+                             "its validation loss (remove the field)")
         if isinstance(self.taskset, InstructionsTaskSet) and self.dmtg.enabled:
             raise ValueError("dmtg.enabled: DMTG branches a SIGN-MLP trunk; it is not "
                              "available for instructions task sets (set dmtg.enabled: false)")

@@ -44,6 +44,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--random-seeds", type=int, default=3, help="random-group draws")
     parser.add_argument("--single-task-max", type=int, default=30,
                         help="train single-task models only up to this many tasks")
+    parser.add_argument("--no-fine-tune", action="store_true",
+                        help="measure the from-scratch truth only (no fine-tuned θ0 run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a field of every config")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = BenchmarkSettings(arguments.max_subsets, arguments.repeat_subsets,
                                  arguments.seeds, arguments.random_seeds,
-                                 arguments.single_task_max, arguments.seed)
+                                 arguments.single_task_max, arguments.seed,
+                                 not arguments.no_fine_tune)
     init_ray(None)
     figures, text = {"settings": vars(settings), "configs": {}}, []
     for name, path in zip(names, arguments.configs):

@@ -131,6 +131,9 @@ def test_instruction_config_mistakes_name_their_field(tmp_path):
         parse_config(_config({**_suite(), "num_tasks": 7}))
     with pytest.raises(ConfigError, match=r"^taskset: path is required"):
         parse_config(_config({"kind": "instructions", "source": "jsonl"}))
+    with pytest.raises(ConfigError, match=r"^config: train\.early_stopping: applies to "
+                                          r"binary-label task sets"):
+        parse_config(_config(_suite(), train={"early_stopping": "val_ap"}))
 
 
 def test_generated_suite_is_deterministic_with_planted_families():

@@ -84,7 +84,7 @@ def test_early_stopping_on_validation_ap_keeps_the_epoch_where_it_peaks():
 
 
 def test_positive_weighting_changes_training_and_val_loss_criterion_uses_it():
-    config, taskset = _planted()
+    config, taskset = _planted(pos_weight="none", early_stopping="val_loss")
     spec = ModelSpec(taskset.features.shape[1], tuple(config.model.hidden), taskset.num_tasks)
     plain = train_model(build_model(spec, 0), taskset, np.arange(taskset.num_tasks),
                         config.train, 0, CPU, max_epochs=3, keep_best=False)
