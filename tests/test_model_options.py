@@ -130,3 +130,32 @@ def test_the_linear_baseline_fits_on_training_rows_and_thresholds_on_validation_
         pytest.approx([row["test_ap"] for row in flipped["tasks"]])
     assert [row["test_f1"] for row in fixed["tasks"]] != \
         [row["test_f1"] for row in flipped["tasks"]]
+
+
+def test_the_model_options_benchmark_compares_variants_with_the_linear_baseline(tmp_path):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", script)
+    bench_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_models)
+    path = tmp_path / "planted.yaml"
+    path.write_text(yaml.safe_dump(small_sbm_config(train={"max_epochs": 15, "patience": 5})))
+    variants = [bench_models.parse_variant("plain=model.skip=false;train.pos_weight=none"),
+                bench_models.parse_variant("default=")]
+    arguments = argparse.Namespace(set=[], seed=0, seeds=2, device="cpu")
+    figures = bench_models.bench_config(path, variants, arguments)
+    linear, plain, default = figures["rows"]
+    assert (linear["variant"], plain["variant"], default["variant"]) == \
+        ("per_task_linear", "plain", "default")
+    assert linear["runs"] == 1 and linear["mean_test_ap_se"] == 0.0
+    assert plain["runs"] == 2 and plain["mean_test_ap_se"] is not None
+    assert plain["mean_test_ap"] != default["mean_test_ap"]
+    assert "standard errors" in default["vs_first"] and "vs_first" not in plain
+    assert all("vs_linear" in row for row in (plain, default))
+    table = "\n".join(bench_models.markdown("planted", figures))
+    assert table.count("\n| ") == 4
