@@ -19,7 +19,8 @@ def ray_session():
 
 def small_sbm_config(**sections) -> dict:
     """The quickstart's planted SBM (6 families × 4 tasks on 16 blocks of 150 nodes, narrow
-    trunk), with only the Grad-TAG groups and one random grouping trained, one
+    trunk, the quickstart's model: no per-task skip, unweighted loss, stopping on validation
+    loss), with only the Grad-TAG groups and one random grouping trained, one
     initialisation seed each."""
     config = {
         "name": "test-sbm",
@@ -28,8 +29,9 @@ def small_sbm_config(**sections) -> dict:
                     "p_out": 0.0015, "num_families": 6, "tasks_per_family": 4,
                     "drop_fraction": 0.1, "flip_fraction": 0.2},
         "features": {"kind": "fastrp", "dim": 64, "hops": 4, "sign_hops": 2},
-        "model": {"hidden": [4, 4]},
-        "train": {"max_epochs": 200, "patience": 20},
+        "model": {"hidden": [4, 4], "skip": False},
+        "train": {"max_epochs": 200, "patience": 20, "pos_weight": "none",
+                  "early_stopping": "val_loss"},
         "affinity": {"projection_dim": 400, "subset_size": 10, "coverage": 30},
         "clustering": {"num_groups": 6},
         "groups": {"single_task": False, "random_seeds": 1, "spectral": False},

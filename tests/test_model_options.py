@@ -145,13 +145,14 @@ def test_the_model_options_benchmark_compares_variants_with_the_linear_baseline(
     spec.loader.exec_module(bench_models)
     path = tmp_path / "planted.yaml"
     path.write_text(yaml.safe_dump(small_sbm_config(train={"max_epochs": 15, "patience": 5})))
-    variants = [bench_models.parse_variant("plain=model.skip=false;train.pos_weight=none"),
-                bench_models.parse_variant("default=")]
+    variants = [bench_models.parse_variant("plain="),
+                bench_models.parse_variant("options=model.skip=true;train.pos_weight=sqrt;"
+                                           "train.early_stopping=val_ap")]
     arguments = argparse.Namespace(set=[], seed=0, seeds=2, device="cpu")
     figures = bench_models.bench_config(path, variants, arguments)
     linear, plain, default = figures["rows"]
     assert (linear["variant"], plain["variant"], default["variant"]) == \
-        ("per_task_linear", "plain", "default")
+        ("per_task_linear", "plain", "options")
     assert linear["runs"] == 1 and linear["mean_test_ap_se"] == 0.0
     assert plain["runs"] == 2 and plain["mean_test_ap_se"] is not None
     assert plain["mean_test_ap"] != default["mean_test_ap"]
