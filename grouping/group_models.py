@@ -29,8 +29,7 @@ def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
     """
     start = time.perf_counter()
     columns = np.asarray(tasks)
-    spec = ModelSpec(taskset.features.shape[1], tuple(model_config.hidden), len(columns),
-                     model_config.dropout, model_config.skip)
+    spec = ModelSpec.from_config(model_config, taskset.features.shape[1], len(columns))
     model = build_model(spec, seed)
     result = train_model(model, taskset, columns, train_config, seed, device,
                          optimizer=optimizer, track_dominance=track_dominance,

@@ -61,23 +61,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def _row(name: str, runs: list[dict], seeds: list[int | None]) -> dict:
     """Mean and standard error over seeds (``seeds``: each run's initialisation seed, None
-    for a deterministic model) of mean test AP and F1 and the worst task's F1."""
+    for a deterministic model) of the comparison's per-model figures
+    (:func:`grouping.evaluation.comparison.comparison_row`: mean test AP and F1, worst F1),
+    with the mean best epoch."""
     import numpy as np
 
-    from grouping.evaluation.comparison import summarize_rows
+    from grouping.evaluation.comparison import Plan, comparison_row, summarize_rows
 
-    rows = []
-    for run, seed in zip(runs, seeds):
-        ap = [task["test_ap"] for task in run["tasks"] if not np.isnan(task["test_ap"])]
-        f1 = [task["test_f1"] for task in run["tasks"]]
-        rows.append({"grouping": name, "optimizer": "lbfgs" if seed is None else "adam",
-                     "num_groups": 1, "init_seed": seed, "metric": "test_f1",
-                     "secondary_metric": "test_ap", "mean_test_ap": float(np.mean(ap)),
-                     "mean_test_f1": float(np.mean(f1)), "worst_test_f1": float(np.min(f1)),
-                     "best_epoch": run.get("best_epoch", 0), "seconds": run["seconds"]})
+    plan = Plan(name, [[task["task"] for task in runs[0]["tasks"]]])
+    rows = [comparison_row(plan, [run], "lbfgs" if seed is None else "adam", seed)
+            for run, seed in zip(runs, seeds)]
     (summary,) = summarize_rows(rows)
     summary["variant"] = name
-    summary["best_epoch"] = float(np.mean([row["best_epoch"] for row in rows]))
+    summary["best_epoch"] = float(np.mean([run.get("best_epoch", 0) for run in runs]))
     return summary
 
 

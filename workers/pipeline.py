@@ -274,8 +274,8 @@ class Pipeline:
         self.run.write_json("groups.json", record)
 
     def _model_spec(self) -> ModelSpec:
-        return ModelSpec(self.taskset.features.shape[1], tuple(self.config.model.hidden),
-                         self.taskset.num_tasks, self.config.model.dropout, self.config.model.skip)
+        return ModelSpec.from_config(self.config.model, self.taskset.features.shape[1],
+                                     self.taskset.num_tasks)
 
     def _dmtg_branches(self, groups: int) -> int:
         return self.config.dmtg.num_groups or groups

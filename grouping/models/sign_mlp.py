@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from grouping.config import ModelConfig
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -21,6 +23,11 @@ class ModelSpec:
     num_heads: int
     dropout: float = 0.0
     skip: bool = False
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, in_dim: int, num_heads: int) -> ModelSpec:
+        """The spec of ``config``'s model over ``in_dim`` features with ``num_heads`` heads."""
+        return cls(in_dim, tuple(config.hidden), num_heads, config.dropout, config.skip)
 
 
 class SignMLP(nn.Module):
