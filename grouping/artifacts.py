@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
-import torch
 
 from grouping.config import ConfigError
 
 MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -74,6 +74,10 @@ class _RemoteCopy:
 
     def holds_files(self) -> bool:
         return bool(self._files())
+
+    def holds(self, name: str) -> bool:
+        info = self.filesystem.get_file_info(f"{self.root}/{name}")
+        return info.type == pafs.FileType.File
 
     def download(self, local: Path) -> None:
         """Copy every file but Tune's experiments (Tune reads those itself)."""
@@ -124,27 +128,46 @@ class RunDirectory:
     manifest.json."""
 
     def __init__(self, location: str | Path, resume: bool) -> None:
+        """Open ``location`` for a new run (it must hold no files) or, with ``resume``, for
+        continuing the run there (it must hold that run's manifest). Nothing is created or
+        changed here: the first write creates the directory."""
         self.uri = str(location) if "://" in str(location) else None
         if self.uri is None:
             self.path = Path(location)
             self.remote = None
-            holds_run = self.path.is_dir() and any(self.path.iterdir())
             if self.path.exists() and not self.path.is_dir():
                 raise ConfigError(f"--output: {self.path} exists and is not a directory")
+            holds_files = self.path.is_dir() and any(self.path.iterdir())
+            holds_run = (self.path / MANIFEST).is_file()
         else:
             self.remote = _RemoteCopy(self.uri)
             self.path = Path(tempfile.mkdtemp(prefix="run-"))
-            holds_run = self.remote.holds_files()
-        if holds_run and not resume:
-            raise ConfigError(f"--output: {location} already holds a run; pass --resume to "
-                              "continue it or choose another --output")
+            holds_files = self.remote.holds_files()
+            holds_run = self.remote.holds(MANIFEST)
+        if resume and not holds_run:
+            raise ConfigError(f"--resume: {location} holds no run to continue (no {MANIFEST}); "
+                              "drop --resume to start a run there")
+        if holds_files and not resume:
+            what = "a run" if holds_run else "files"
+            raise ConfigError(f"--output: {location} already holds {what}; pass --resume to "
+                              "continue a run there or choose another --output")
         if self.remote is not None and resume:
             self.remote.download(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / MANIFEST
         self.manifest: dict[str, Any] = (json.loads(manifest.read_text()) if manifest.is_file()
                                          else {"stages": {}})
         self.manifest["versions"] = _versions()
+
+    def record_config(self, text: str) -> None:
+        """Write the run's resolved config as ``config.yaml`` and the manifest; a resumed run
+        whose config changed keeps the earlier one beside it as
+        ``config-before-<time>.yaml``, so no finished run's own config is lost."""
+        current = self.file(CONFIG)
+        if current.is_file() and current.read_text() != text:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.write_bytes(f"config-before-{stamp}.yaml", current.read_bytes())
+        self.write_text(CONFIG, text)
+        self.write_json(MANIFEST, self.manifest)
 
     @property
     def location(self) -> str:
@@ -195,11 +218,15 @@ class RunDirectory:
         self.write_bytes(name, buffer.getvalue())
 
     def save_torch(self, name: str, value: Any) -> None:
+        import torch  # imported where used: the driver checks a run directory without it
+
         buffer = io.BytesIO()
         torch.save(value, buffer)
         self.write_bytes(name, buffer.getvalue())
 
     def load_torch(self, name: str) -> Any:
+        import torch
+
         return torch.load(self.file(name), weights_only=True)
 
     @contextmanager

@@ -312,6 +312,16 @@ class AffinityConfig(_Strict):
     tolerance: float = Field(1e-8, gt=0)
     surrogate_dtype: Literal["float64", "float32"] = "float64"
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _unquoted_true(cls, method: Any) -> Any:
+        """``method: true`` unquoted is YAML's boolean; it means the method named "true"."""
+        if method is True:
+            return "true"
+        if method is False:
+            raise ValueError("expected 'gradtag' or 'true', found the boolean false")
+        return method
+
 
 class TrueAffinityConfig(_Strict):
     """The true f(S, i) on a sample of the estimator's subsets, for the error report.
@@ -411,7 +421,10 @@ class RayConfig(_Strict):
     workers with ``num_gpus_per_worker`` > 0 compute on their GPU; ``num_gpus_per_surrogate``
     > 0 solves the surrogate batches on that share of a GPU.
     ``subsets_per_batch`` subsets go to a worker at once: the more of them share a task, the
-    fewer times its rows are read (see :mod:`grouping.affinity.surrogate`)."""
+    fewer times its rows are read (see :mod:`grouping.affinity.surrogate`).
+    ``worker_memory_gib`` is the memory one worker may use, against which the estimation
+    stages' needs are checked before a run starts (:mod:`grouping.resources`); null: the
+    memory available on the driver's machine, shared by ``num_workers``."""
 
     address: str | None = None
     num_workers: int = Field(2, ge=1)
@@ -421,6 +434,7 @@ class RayConfig(_Strict):
     chunk_rows: int = Field(2048, ge=1)
     subsets_per_batch: int = Field(64, ge=1)
     max_retries: int = Field(3, ge=0)
+    worker_memory_gib: float | None = Field(None, gt=0)
 
 
 class RunConfig(_Strict):
@@ -491,7 +505,8 @@ def _format_error(error: ValidationError) -> str:
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (safely: a
+    ``!!python`` tag is refused, never executed)."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
     path, raw = assignment.split("=", 1)
@@ -502,7 +517,20 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {path}: {key} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"--set {path}: the value {raw!r} is not valid YAML "
+                          f"({' '.join(str(problem).split())})") from None
+
+
+def _check_file(field: str, path: Path) -> None:
+    """``path`` must be an existing file (not a folder)."""
+    if path.is_dir():
+        raise ConfigError(f"{field}: {path} is a directory, expected a file")
+    if not path.is_file():
+        raise ConfigError(f"{field}: file not found: {path}")
 
 
 def _check_files(config: RunConfig) -> None:
@@ -525,14 +553,16 @@ def _check_files(config: RunConfig) -> None:
                               f"sets; a {config.taskset.kind} task set brings its own features")
         paths.append(("features.path", config.features.path))
     for field, path in paths:
-        if not path.is_file():
-            raise ConfigError(f"{field}: file not found: {path}")
+        _check_file(field, path)
 
 
-def parse_config(data: Any, overrides: list[str] = ()) -> RunConfig:
-    """Validate a config mapping (after applying ``--set`` overrides)."""
+def parse_config(data: Any, overrides: list[str] = (), source: str = "config") -> RunConfig:
+    """Validate a config mapping (after applying ``--set`` overrides); ``source`` names it in
+    the message when it is not a mapping."""
     if not isinstance(data, dict):
-        raise ConfigError("config: expected a mapping at the top level")
+        found = "nothing" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{source}: expected a mapping of config sections at the top level, "
+                          f"found {found}")
     data = json.loads(json.dumps(data, default=str))
     for assignment in overrides:
         apply_override(data, assignment)
@@ -547,15 +577,23 @@ def parse_config(data: Any, overrides: list[str] = ()) -> RunConfig:
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read, override and validate a YAML config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} not valid YAML") from None
-    return parse_config(data, overrides)
+    return parse_config(data, overrides, str(path))
 
 
 def dump_config(config: RunConfig) -> str:

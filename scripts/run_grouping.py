@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import grouping  # noqa: E402
-from grouping.artifacts import RunDirectory  # noqa: E402
-from grouping.config import ConfigError, RunConfig, load_config  # noqa: E402
+from grouping.config import ConfigError, load_config  # noqa: E402
+
+if TYPE_CHECKING:
+    from workers.pipeline import Pipeline
 
 # The installed project: `ray submit` runs a copy of this script outside the project tree.
 PROJECT = Path(grouping.__file__).resolve().parents[1]
@@ -34,9 +38,16 @@ def config_path(name: str) -> Path:
     return path
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the bad-input contract: a mistake is one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {' '.join(message.split())} (see --help)\n")
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="pipeline YAML (default: configs/quickstart.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -51,33 +62,60 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare(arguments: argparse.Namespace) -> tuple[RunConfig, RunDirectory]:
-    """Validate the config and open the run directory; user mistakes raise ConfigError."""
+def prepare(arguments: argparse.Namespace) -> Pipeline:
+    """Validate the config, the run directory, the task set's files and the resources the
+    run will need, before Ray starts and before anything is written; user mistakes raise
+    ConfigError. The heavier libraries are imported only as each check needs them, so that
+    a mistake in the config or a data file is reported within seconds."""
     config = load_config(config_path(arguments.config), arguments.set)
     if arguments.resume and not arguments.output:
         raise ConfigError("--resume needs --output naming the run to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     output = arguments.output or PROJECT / "results" / f"{config.name}-{stamp}"
-    return config, RunDirectory(output, arguments.resume)
+    from grouping.artifacts import RunDirectory
+
+    run = RunDirectory(output, arguments.resume)
+    try:
+        from grouping.tasksets import build_taskset
+
+        start = time.perf_counter()
+        taskset = build_taskset(config)
+        seconds = time.perf_counter() - start
+        from workers.pipeline import Pipeline
+
+        pipeline = Pipeline(config, run, arguments.resume, taskset, seconds)
+        pipeline.check(arguments.until)
+    except OSError as error:
+        raise ConfigError(f"{error.filename or 'input'}: {error.strerror or error}") from None
+    return pipeline
+
+
+def _refuse(error: ConfigError) -> int:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    try:
-        config, run = prepare(arguments)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from workers.pipeline import Pipeline
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pipeline = prepare(arguments)
+        except ConfigError as error:
+            return _refuse(error)
     from workers.runtime import init_ray
 
-    init_ray(arguments.address or config.ray.address)
+    run = pipeline.run
+    if caught:
+        run.write_text(f"logs/checks-{time.strftime('%Y%m%d-%H%M%S')}.log", "".join(
+            warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+            for w in caught))
+    init_ray(arguments.address or pipeline.config.ray.address)
     start = time.perf_counter()
     try:
-        Pipeline(config, run, arguments.resume).execute(arguments.until)
+        pipeline.execute(arguments.until)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _refuse(error)
     where = (f"stopped after {arguments.until}: {run.location}" if arguments.until
              else f"report: {run.location.rstrip('/')}/report.md")
     print(f"finished in {time.perf_counter() - start:.1f} s; {where}")

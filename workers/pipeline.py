@@ -30,7 +30,8 @@ from grouping.evaluation.comparison import Plan, comparison_row
 from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.linear_baseline import per_task_linear
 from grouping.evaluation.report import write_report
-from grouping.models import ModelSpec, Spec, restore, spec_from_dict, spec_to_dict
+from grouping.models import ModelSpec, Spec, build_model, restore, spec_from_dict, spec_to_dict
+from grouping.resources import check_needs, estimation_needs
 from grouping.tasksets import AnyTaskSet, TaskSet, build_taskset
 from workers.dmtg import run_dmtg
 from workers.gradients import compute_gradient_features
@@ -50,9 +51,13 @@ class Pipeline:
     → groups → [error report] → comparison → report, each skipped on ``--resume`` when
     already current."""
 
-    def __init__(self, config: RunConfig, run: RunDirectory, resume: bool) -> None:
+    def __init__(self, config: RunConfig, run: RunDirectory, resume: bool,
+                 taskset: AnyTaskSet | None = None, taskset_seconds: float = 0.0) -> None:
+        """``taskset``: the config's task set when the caller has built it already (in
+        ``taskset_seconds``); otherwise :meth:`check` builds it."""
         self.config, self.run, self.resume = config, run, resume
-        self.taskset: AnyTaskSet | None = None
+        self.taskset, self.taskset_seconds = taskset, taskset_seconds
+        self.checked = False
         self.true_groups = config.true_affinity.enabled and config.true_affinity.all_subsets
         self.true_sections = TRUE_SECTIONS + (
             ("group_training",) if config.true_affinity.protocol == "from_scratch" else ())
@@ -64,19 +69,34 @@ class Pipeline:
         ran = self.run.run_stage(name, self.config.digest(*sections), files, compute, self.resume)
         print(f"[{name}] {'done' if ran else 'current, reused'}", flush=True)
 
-    def execute(self, until: str | None = None) -> None:
-        """Run every stage, or stop after the stage named ``until`` (no report then)."""
-        self.run.write_text("config.yaml", dump_config(self.config))
-        self.run.manifest["config_digest"] = self.config.digest()
-        start = time.perf_counter()
-        self.taskset = build_taskset(self.config)
-        self.run.manifest["taskset_seconds"] = time.perf_counter() - start
+    def check(self, until: str | None = None) -> None:
+        """Everything that can be checked before a stage runs (no Ray needed): build the task
+        set (its files read and validated), the ``until`` stage, DMTG's memory and the
+        estimation stages' memory and disk. Raises ConfigError; writes nothing."""
+        if self.taskset is None:
+            start = time.perf_counter()
+            self.taskset = build_taskset(self.config)
+            self.taskset_seconds = time.perf_counter() - start
+        if until is not None and until not in [stage[0] for stage in self._stages()]:
+            raise ConfigError(f"--until {until}: this config does not run that stage")
         if self.config.dmtg.enabled:
             self._check_dmtg_memory()
-        stages = self._stages()
-        if until is not None and until not in [stage[0] for stage in stages]:
-            raise ConfigError(f"--until {until}: this config does not run that stage")
-        for name, sections, files, compute in stages:
+        if self.grouping == "gradtag" and isinstance(self.taskset, TaskSet):
+            parameters = sum(param.numel() for param in build_model(
+                self._model_spec(), self.config.seed).parameters() if param.requires_grad)
+            check_needs(estimation_needs(self.config, self.taskset, parameters), self.run.path,
+                        self.config.ray.worker_memory_gib, self.config.ray.num_workers)
+        self.checked = True
+
+    def execute(self, until: str | None = None) -> None:
+        """Run every stage, or stop after the stage named ``until`` (no report then). The
+        resolved config is written once :meth:`check` has passed."""
+        if not self.checked:
+            self.check(until)
+        self.run.manifest["config_digest"] = self.config.digest()
+        self.run.manifest["taskset_seconds"] = self.taskset_seconds
+        self.run.record_config(dump_config(self.config))
+        for name, sections, files, compute in self._stages():
             self._stage(name, sections, files, compute)
             if name == until:
                 self.run.publish()

@@ -135,7 +135,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     against planted families and between estimated and oracle groups; wall ``seconds``."""
     scratch, tuned = workdir / "from_scratch", workdir / "fine_tune"
     config, scratch_seconds = _run(config_path, list(extra), settings, "from_scratch", scratch,
-                                   scratch.is_dir())
+                                   (scratch / "manifest.json").is_file())
     seconds = {"from_scratch_run": scratch_seconds}
     if settings.fine_tune:
         if not tuned.is_dir():

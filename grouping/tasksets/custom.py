@@ -60,4 +60,9 @@ def build_custom(config: PythonTaskSet, seed: int) -> TaskSet:
     except TypeError as error:
         raise ConfigError(f"taskset.params: {config.builder} cannot take the seed and these "
                           f"params ({error})") from None
-    return check_returned(builder(seed, **config.params), config)
+    try:
+        taskset = builder(seed, **config.params)
+    except Exception as error:
+        detail = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ConfigError(f"taskset.builder: {config.builder} raised {detail}") from None
+    return check_returned(taskset, config)

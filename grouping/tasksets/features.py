@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
-from torch_geometric.data import Data
-from torch_geometric.transforms import SIGN
 
 
 def symmetric_adjacency(edges: np.ndarray, num_nodes: int) -> sp.csr_matrix:
@@ -51,6 +48,11 @@ def sign_features(adjacency: sp.csr_matrix, features: np.ndarray, hops: int) -> 
     Scalable Inception Graph Neural Networks", 2020, eq. 2), via PyG's SIGN transform."""
     if hops == 0:
         return features
+    # PyG and torch take seconds to import: only graph task sets with SIGN hops need them.
+    import torch
+    from torch_geometric.data import Data
+    from torch_geometric.transforms import SIGN
+
     coo = adjacency.tocoo()
     edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     data = SIGN(hops)(Data(x=torch.from_numpy(features), edge_index=edge_index,

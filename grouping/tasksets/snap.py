@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,39 @@ def _open_text(path: Path):
     return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
 
 
+def _first_bad_line(path: Path) -> str:
+    """Where an edge list stops being pairs of integer ids: "line N: ..." (1-based, counting
+    comment lines), found by reading the file again on the error path only."""
+    width = None
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            try:
+                [int(field) for field in fields]
+            except ValueError:
+                return f"line {number}: expected integer node ids, found {line.strip()!r}"
+            width = width or len(fields)
+            if len(fields) != width:
+                return f"line {number}: {len(fields)} fields where earlier lines have {width}"
+    return "unreadable rows"
+
+
 def read_edge_list(path: Path) -> np.ndarray:
     """[E, 2] int64 original ids from a white-space separated edge list ('#' comments)."""
     try:
-        with _open_text(path) as handle:
+        with _open_text(path) as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
             edges = np.loadtxt(handle, comments="#", dtype=np.int64, ndmin=2)
-    except (ValueError, OSError, EOFError) as error:
-        raise ConfigError(f"{path}: not an edge list of integer id pairs ({error})") from None
-    if edges.shape[1] < 2 or len(edges) == 0:
+    except ValueError:
+        raise ConfigError(f"{path}: not an edge list of integer id pairs "
+                          f"({_first_bad_line(path)})") from None
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read as an edge list ({error})") from None
+    if len(edges) == 0:
+        raise ConfigError(f"{path}: no edges (expected two integer node ids per line)")
+    if edges.shape[1] < 2:
         raise ConfigError(f"{path}: expected two integer node ids per line")
     return edges[:, :2]
 
@@ -31,15 +57,19 @@ def read_edge_list(path: Path) -> np.ndarray:
 def read_communities(path: Path) -> list[np.ndarray]:
     """One array of original node ids per non-empty, non-comment line."""
     communities = []
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            try:
-                communities.append(np.array(text.split(), dtype=np.int64))
-            except ValueError:
-                raise ConfigError(f"{path}: line {number}: expected integer node ids") from None
+    try:
+        with _open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                text = line.split("#", 1)[0].strip()
+                if not text:
+                    continue
+                try:
+                    communities.append(np.array(text.split(), dtype=np.int64))
+                except ValueError:
+                    raise ConfigError(f"{path}: line {number}: expected integer node "
+                                      "ids") from None
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read as a community file ({error})") from None
     return communities
 
 
