@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -57,6 +58,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="continue the run in --output, skipping stages that are current")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, "
                         "else a fresh local instance)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' output (Ray, Tune, PyG, warnings) on the "
+                        "console instead of only in the run's logs/")
     parser.add_argument("--until", choices=STAGES, help="stop after this stage (no report); "
                         "e.g. --until groups runs the estimation and clustering only")
     return parser.parse_args(argv)
@@ -91,7 +95,9 @@ def prepare(arguments: argparse.Namespace) -> Pipeline:
 
 
 def _refuse(error: ConfigError) -> int:
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    from workers.console import bar_stream
+
+    print(f"error: {' '.join(str(error).split())}", file=bar_stream(), flush=True)
     return 2
 
 
@@ -103,22 +109,46 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = prepare(arguments)
         except ConfigError as error:
             return _refuse(error)
+    from workers.console import bar_stream, quiet, say
     from workers.runtime import init_ray
 
+    if arguments.verbose:
+        for warning in caught:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
     run = pipeline.run
+    say(f"run directory: {run.location}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     if caught:
-        run.write_text(f"logs/checks-{time.strftime('%Y%m%d-%H%M%S')}.log", "".join(
+        run.write_text(f"logs/checks-{stamp}.log", "".join(
             warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
             for w in caught))
-    init_ray(arguments.address or pipeline.config.ray.address)
+    log = run.file(f"logs/run-{stamp}.log")
+    if not arguments.verbose:
+        quiet(log)
     start = time.perf_counter()
     try:
+        init_ray(arguments.address or pipeline.config.ray.address)
         pipeline.execute(arguments.until)
     except ConfigError as error:
         return _refuse(error)
-    where = (f"stopped after {arguments.until}: {run.location}" if arguments.until
-             else f"report: {run.location.rstrip('/')}/report.md")
-    print(f"finished in {time.perf_counter() - start:.1f} s; {where}")
+    except Exception as error:
+        if arguments.verbose:
+            raise
+        traceback.print_exc()
+        print(f"error: the run failed ({type(error).__name__}: {' '.join(str(error).split())}); "
+              f"the traceback is in {log}; rerun with --resume to continue", file=bar_stream(),
+              flush=True)
+        return 1
+    finally:
+        run.publish()
+    seconds = time.perf_counter() - start
+    if arguments.until:
+        say(f"stopped after {arguments.until} in {seconds:.0f} s: {run.location}")
+        return 0
+    say(pipeline.summary["verdict"])
+    report = f"{run.location.rstrip('/')}/report"
+    say(f"finished in {seconds:.0f} s; report: {report}.html (also {report}.md)")
     return 0
 
 

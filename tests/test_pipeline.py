@@ -65,7 +65,9 @@ def test_run_directory_holds_every_artifact(finished):
     (dmtg_run,) = dmtg["runs"]
     assert sorted(t for group in dmtg_run["groups"] for t in group) == list(range(24))
     assert finished.file("dominance.png").is_file()
-    assert "| gradtag |" in finished.file("report.md").read_text()
+    report = finished.file("report.md").read_text()
+    assert "| estimated groups | AdaTask-Adam |" in report
+    assert report.index("## Verdict") < report.index("## Groups") < report.index("## Evidence")
 
 
 def test_one_and_three_workers_give_identical_affinity(finished, tmp_path):

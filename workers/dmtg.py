@@ -10,6 +10,7 @@ from grouping.dmtg import search_groups
 from grouping.models import ModelSpec
 from grouping.tasksets import TaskSet
 from grouping.training import resolve_device
+from workers.progress import run_windowed
 from workers.runtime import worker_threads
 
 
@@ -34,4 +35,5 @@ def run_dmtg(taskset: TaskSet, spec: ModelSpec, num_groups: int, config: RunConf
                                          num_gpus=config.dmtg.num_gpus,
                                          max_retries=config.ray.max_retries)
     shared = ray.put(taskset)
-    return ray.get([remote.remote(shared, spec, num_groups, config, seed) for seed in seeds])
+    return run_windowed(lambda seed: remote.remote(shared, spec, num_groups, config, seed),
+                        seeds, len(seeds), "DMTG search")

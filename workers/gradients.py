@@ -18,6 +18,7 @@ from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
 from grouping.models import Spec
 from grouping.tasksets import AnyTaskSet
+from workers.console import bar_stream
 from workers.runtime import share_device, usable_workers, worker_threads
 
 
@@ -25,18 +26,24 @@ class GradientWorker:
     """Holds a gradient computer (the base model, loaded once per actor, its inputs and the
     projection); computes chunks of rows.
 
-    The shared inputs come as object references inside a list, fetched here, so that a
-    restarted actor fetches them again while the driver keeps them alive.
+    The shared inputs (model spec and state, task set) come with every call as object
+    references inside a list, and the computer is built from them on the first call: the
+    constructor takes no object-store arguments, so a restarted actor needs nothing that could
+    have gone out of scope, and it rebuilds the computer on its first call.
     """
 
-    def __init__(self, shared: list[ray.ObjectRef], options: AffinityConfig, seed: int,
-                 threads: int, device: str) -> None:
+    def __init__(self, options: AffinityConfig, seed: int, threads: int, device: str) -> None:
         torch.set_num_threads(threads)
-        spec, state, taskset = ray.get(shared)
-        self.computer = GradientComputer(spec, state, taskset, options.projection_dim, seed,
-                                         options.projection, options.intermediate_dim, device)
+        self.options, self.seed, self.device = options, seed, device
+        self.computer: GradientComputer | None = None
 
-    def compute(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def compute(self, shared: list[ray.ObjectRef], examples: np.ndarray,
+                tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.computer is None:
+            spec, state, taskset = ray.get(shared)
+            self.computer = GradientComputer(spec, state, taskset, self.options.projection_dim,
+                                             self.seed, self.options.projection,
+                                             self.options.intermediate_dim, self.device)
         return self.computer(examples, tasks)
 
 
@@ -70,16 +77,17 @@ def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
         max_restarts=config.max_retries, max_task_retries=config.max_retries)
     state = {name: tensor.cpu() for name, tensor in state.items()}
     shared = [ray.put(value) for value in (spec, state, taskset)]
-    actors = [actor_class.remote(shared, options, seed,
-                                 worker_threads(config.num_cpus_per_worker),
+    actors = [actor_class.remote(options, seed, worker_threads(config.num_cpus_per_worker),
                                  share_device(config.num_gpus_per_worker))
               for _ in range(min(usable_workers(config), len(todo)))]
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])
               for start in todo]
-    results = ActorPool(actors).map(lambda actor, chunk: actor.compute.remote(*chunk), chunks)
+    results = ActorPool(actors).map(
+        lambda actor, chunk: actor.compute.remote(shared, *chunk), chunks)
     for start, (chunk_f0, chunk_g) in tqdm(zip(todo, results), total=len(bounds),
                                            initial=len(bounds) - len(todo),
-                                           desc="gradient features", unit="chunk"):
+                                           desc="gradient features", unit="chunk",
+                                           file=bar_stream()):
         f0[start:start + len(chunk_f0)] = chunk_f0
         projected[start:start + len(chunk_f0)] = chunk_g
         if shards is not None:

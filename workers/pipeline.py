@@ -26,13 +26,21 @@ from grouping.clustering import (
 )
 from grouping.config import ConfigError, RunConfig, dump_config
 from grouping.dmtg import check_memory
-from grouping.evaluation.comparison import Plan, comparison_row
+from grouping.evaluation.comparison import (
+    METRIC_LABELS,
+    Plan,
+    comparison_row,
+    gap,
+    summarize_rows,
+)
 from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.linear_baseline import per_task_linear
 from grouping.evaluation.report import write_report
+from grouping.evaluation.verdict import ROW_LABELS
 from grouping.models import ModelSpec, Spec, build_model, restore, spec_from_dict, spec_to_dict
 from grouping.resources import check_needs, estimation_needs
 from grouping.tasksets import AnyTaskSet, TaskSet, build_taskset
+from workers.console import say
 from workers.dmtg import run_dmtg
 from workers.gradients import compute_gradient_features
 from workers.surrogates import compute_subset_losses
@@ -58,6 +66,7 @@ class Pipeline:
         self.config, self.run, self.resume = config, run, resume
         self.taskset, self.taskset_seconds = taskset, taskset_seconds
         self.checked = False
+        self.summary: dict | None = None
         self.true_groups = config.true_affinity.enabled and config.true_affinity.all_subsets
         self.true_sections = TRUE_SECTIONS + (
             ("group_training",) if config.true_affinity.protocol == "from_scratch" else ())
@@ -67,7 +76,39 @@ class Pipeline:
 
     def _stage(self, name: str, sections: tuple[str, ...], files: list[str], compute) -> None:
         ran = self.run.run_stage(name, self.config.digest(*sections), files, compute, self.resume)
-        print(f"[{name}] {'done' if ran else 'current, reused'}", flush=True)
+        outcome = self._outcome(name)
+        if not ran:
+            say(f"{name}: current, reused" + (f" ({outcome})" if outcome else ""))
+        elif outcome:
+            say(f"{name}: {outcome}")
+
+    def _outcome(self, name: str) -> str | None:
+        """The result of a finished stage in a few words, read from its files (None for
+        stages whose progress bar says it all)."""
+        if name == "groups":
+            record = self.run.read_json("groups.json")
+            rule = "auto" if record["k_rule"].startswith("auto") else "given"
+            text = f"k = {record['num_groups']} ({rule})"
+            if record.get("ari_planted") is not None:
+                text += f", adjusted Rand index {record['ari_planted']:.2f} against the planted"
+                text += " families"
+            return text
+        if name == "error_report":
+            report = self.run.read_json("error_report.json")
+            return (f"within-task Spearman of the estimate {report['within_task_spearman']:.2f} "
+                    f"against a noise floor of {report['true_noise_floor']:.2f}")
+        if name == "comparison":
+            summary = summarize_rows(self.run.read_json("comparison.json"))
+            primary = summary[0]["optimizer"]
+            lines = {line["grouping"]: line for line in summary if line["optimizer"] == primary}
+            if "random" not in lines or self.grouping not in lines:
+                return None
+            key = f"mean_{summary[0]['metric']}"
+            difference = gap(lines[self.grouping], lines["random"], key)
+            spread = f" ± {difference.se:.3f}" if difference.se else ""
+            return (f"{ROW_LABELS[self.grouping]} vs random groups {difference.gain:+.3f}{spread} "
+                    f"{METRIC_LABELS[summary[0]['metric']]}")
+        return None
 
     def check(self, until: str | None = None) -> None:
         """Everything that can be checked before a stage runs (no Ray needed): build the task
@@ -101,7 +142,7 @@ class Pipeline:
             if name == until:
                 self.run.publish()
                 return
-        write_report(self.run.path)
+        self.summary = write_report(self.run.path)
         self.run.publish()
 
     def _stages(self) -> list[tuple[str, tuple[str, ...], list[str], Callable[[], None]]]:

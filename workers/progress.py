@@ -8,6 +8,8 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
+from workers.console import bar_stream
+
 
 def run_windowed(submit: Callable[[Any], ray.ObjectRef], items: Sequence[Any], window: int,
                  description: str, finished: dict[int, Any] | None = None,
@@ -24,7 +26,7 @@ def run_windowed(submit: Callable[[Any], ray.ObjectRef], items: Sequence[Any], w
     todo = [position for position in range(len(items)) if position not in finished]
     in_flight: dict[ray.ObjectRef, int] = {}
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=description,
-              unit="job") as bar:
+              unit="job", file=bar_stream()) as bar:
         while todo or in_flight:
             while todo and len(in_flight) < window:
                 position = todo.pop(0)

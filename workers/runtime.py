@@ -7,10 +7,13 @@ import os
 import ray
 
 from grouping.config import RayConfig
+from workers.console import say
 
 
 def init_ray(address: str | None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS); otherwise start a fresh local one.
+    The workers' output is streamed to the driver (whose console may be a log file:
+    :mod:`workers.console`).
 
     A bare ``ray.init()`` would join whatever cluster the last ``ray start`` on this machine
     recorded, even a dead one, so the local case asks for ``address="local"`` explicitly.
@@ -34,8 +37,8 @@ def usable_workers(config: RayConfig) -> int:
             fits.append(int(resources.get(name, 0) // share))
     count = max(1, min(fits))
     if count < config.num_workers:
-        print(f"ray.num_workers: the cluster holds {count} workers of this size, "
-              f"not {config.num_workers}; using {count}", flush=True)
+        say(f"ray.num_workers: the cluster holds {count} workers of this size, "
+            f"not {config.num_workers}; using {count}")
     return count
 
 

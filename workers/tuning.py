@@ -17,6 +17,7 @@ from grouping.group_models import train_any_group
 from grouping.models import spec_to_dict
 from grouping.tasksets import AnyTaskSet
 from grouping.training import resolve_device
+from workers.console import bar_stream
 from workers.runtime import worker_threads
 
 RESULT_FILE = "result.pt"
@@ -57,10 +58,20 @@ class _ProgressBar(tune.Callback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "bar": None}
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+    def _open(self) -> tqdm:
         if self.bar is None:
-            self.bar = tqdm(total=self.total, desc=self.description, unit="trial")
-        self.bar.update(1)
+            self.bar = tqdm(total=self.total, desc=self.description, unit="trial",
+                            file=bar_stream())
+        return self.bar
+
+    def setup(self, **info) -> None:
+        self._open()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._open().update(1)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._open().close()
 
 
 def _read_result(result: tune.Result) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import matplotlib
 
@@ -18,10 +19,14 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def affinity_heatmap(affinity: np.ndarray, groups: list[list[int]]) -> bytes:
-    """T with tasks ordered by group, group boundaries drawn."""
+def affinity_heatmap(affinity: np.ndarray, groups: list[list[int]],
+                     group_names: list[list[str]] | None = None,
+                     max_named: int = 40) -> bytes:
+    """T with tasks ordered by group, group boundaries drawn; the axes carry the task names
+    (up to ``max_named`` tasks), or else each group's number at its centre."""
     order = [task for group in groups for task in group]
-    figure, axis = plt.subplots(figsize=(6, 5))
+    size = min(12.0, max(6.0, 0.22 * len(order)))
+    figure, axis = plt.subplots(figsize=(size + 1, size))
     limit = float(np.abs(affinity).max()) or 1.0
     image = axis.imshow(affinity[np.ix_(order, order)], cmap="RdBu_r", vmin=-limit, vmax=limit)
     edge = -0.5
@@ -29,17 +34,30 @@ def affinity_heatmap(affinity: np.ndarray, groups: list[list[int]]) -> bytes:
         edge += len(group)
         axis.axhline(edge, color="black", linewidth=0.8)
         axis.axvline(edge, color="black", linewidth=0.8)
-    axis.set_title("Task affinity T, ordered by group")
-    axis.set_xlabel("task (by group)")
-    axis.set_ylabel("task (by group)")
+    if group_names is not None and len(order) <= max_named:
+        names = [name for group in group_names for name in group]
+        axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        axis.set_yticks(range(len(names)), names, fontsize=7)
+        axis.set_xlabel("task (ordered by group)")
+    else:
+        starts = np.cumsum([0, *[len(group) for group in groups[:-1]]])
+        centres = [start + (len(group) - 1) / 2 for start, group in zip(starts, groups)]
+        labels = [f"g{number}" for number in range(len(groups))]
+        axis.set_xticks(centres, labels, fontsize=7)
+        axis.set_yticks(centres, labels, fontsize=7)
+        axis.set_xlabel("group")
+    axis.set_title("Task affinity T, ordered by group (red: tasks that help each other)")
     figure.colorbar(image, ax=axis, shrink=0.8)
     return _png(figure)
 
 
-def comparison_bars(summary: list[dict], metric: str = "test F1") -> bytes:
-    """Mean and worst-task primary test metric per grouping, with the standard error over
-    seeds as error bars (only on rows with several seeds; clipped at 0)."""
-    labels = [f"{line['grouping']} ({line['optimizer']})" for line in summary]
+def comparison_bars(summary: list[dict], metric: str = "test F1",
+                    label: Callable[[dict], str] | None = None) -> bytes:
+    """Mean and worst-task primary test metric per grouping (rows named by ``label``), with
+    the standard error over seeds as error bars (only on rows with several seeds; clipped to
+    the metric's range [0, 1])."""
+    label = label or (lambda line: f"{line['grouping']} ({line['optimizer']})")
+    labels = [label(line) for line in summary]
     positions = np.arange(len(summary))
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(summary)), 4))
     primary = summary[0]["metric"]
@@ -50,11 +68,12 @@ def comparison_bars(summary: list[dict], metric: str = "test F1") -> bytes:
         axis.bar(positions + offset, values, 0.4, label=name)
         spread = errors > 0
         if spread.any():
-            below = np.minimum(errors, values)
+            below, above = np.minimum(errors, values), np.minimum(errors, 1 - values)
             axis.errorbar(positions[spread] + offset, values[spread],
-                          yerr=[below[spread], errors[spread]], fmt="none", ecolor="black",
+                          yerr=[below[spread], above[spread]], fmt="none", ecolor="black",
                           capsize=3)
-    axis.set_xticks(positions, labels, rotation=20, ha="right")
+    axis.set_xticks(positions, labels, rotation=25, ha="right")
+    axis.set_ylim(0, 1)
     axis.set_ylabel(metric)
     axis.set_title("Groupings compared (error bars: standard error over seeds)")
     axis.legend()
@@ -91,8 +110,10 @@ def estimate_scatter(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray,
     return _png(figure)
 
 
-def dominance_bars(lines: list[dict]) -> bytes:
-    """Dominance fraction per shared layer for each (grouping, optimizer) line."""
+def dominance_bars(lines: list[dict], label: Callable[[dict], str] | None = None) -> bytes:
+    """Dominance fraction per shared layer for each (grouping, optimizer) line (named by
+    ``label``)."""
+    label = label or (lambda line: f"{line['grouping']} ({line['optimizer']})")
     layers = list(lines[0]["dominance"])
     positions = np.arange(len(layers))
     width = 0.8 / len(lines)
@@ -100,7 +121,7 @@ def dominance_bars(lines: list[dict]) -> bytes:
     for number, line in enumerate(lines):
         axis.bar(positions + (number - (len(lines) - 1) / 2) * width,
                  [line["dominance"][layer] for layer in layers], width,
-                 label=f"{line['grouping']} ({line['optimizer']})")
+                 label=label(line))
     axis.set_xticks(positions, layers, rotation=20, ha="right")
     axis.set_ylim(0, 1)
     axis.set_ylabel("fraction of parameters one task dominates")

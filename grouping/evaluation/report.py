@@ -1,22 +1,28 @@
-"""report.md, summary.json and the figures, rendered from a run directory's saved files
-alone (nothing is recomputed)."""
+"""report.md (and the same as a self-contained report.html), summary.json and the figures,
+rendered from a run directory's saved files alone (nothing is recomputed). The report opens
+with its verdict (:mod:`grouping.evaluation.verdict`), then the groups, then the evidence."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
 from pathlib import Path
 
+import markdown
 import numpy as np
 import yaml
 
 from grouping.artifacts import atomic_write_bytes
-from grouping.evaluation.comparison import METRIC_LABELS, gap, summarize_rows, summary_keys
+from grouping.evaluation.comparison import METRIC_LABELS, summarize_rows, summary_keys
 from grouping.evaluation.plots import (
     affinity_heatmap,
     comparison_bars,
     dominance_bars,
     estimate_scatter,
 )
+from grouping.evaluation.verdict import OPTIMIZER_LABELS, ROW_LABELS, row_label, verdict
 
 
 def _fmt(value: float | None, std: float | None = None) -> str:
@@ -34,34 +40,10 @@ def _comparison_table(summary: list[dict]) -> list[str]:
     for line in summary:
         cells = " | ".join(_fmt(line[key], line[f"{key}_se"] or None)
                            for key in summary_keys(line))
-        lines.append(f"| {line['grouping']} | {line['optimizer']} | {line['num_groups']} "
-                     f"| {line['runs']} | {cells} | {line['seconds']:.1f} |")
-    return lines
-
-
-def _verdict(summary: list[dict]) -> list[str]:
-    """The leading grouping (Grad-TAG's, or the true affinity's when it was the method)
-    against every other row trained with the same optimizer (DMTG and the per-task linear
-    baseline against the leading grouping's Adam row where there is one): "beats" or "loses
-    to" only beyond two standard errors of the difference, "indistinguishable from"
-    otherwise."""
-    by_key = {(line["grouping"], line["optimizer"]): line for line in summary}
-    leading = "gradtag" if any(name == "gradtag" for name, _ in by_key) else "true"
-    key = f"mean_{summary[0]['metric']}"
-    metric = METRIC_LABELS[summary[0]["metric"]]
-    label = {"gradtag": "Grad-TAG groups", "true": "true-affinity groups"}[leading]
-    lines = []
-    for (name, optimizer), line in by_key.items():
-        if name == leading:
-            continue
-        own = (leading, optimizer if (leading, optimizer) in by_key else "adam")
-        if own not in by_key:
-            own = (leading, summary[0]["optimizer"])
-        if own not in by_key:
-            continue
-        difference = gap(by_key[own], line, key)
-        lines.append(f"- {label} ({own[1]}) {difference.verb} {name} ({optimizer}): "
-                     f"{difference.describe()} mean {metric}.")
+        lines.append(f"| {ROW_LABELS.get(line['grouping'], line['grouping'])} "
+                     f"| {OPTIMIZER_LABELS.get(line['optimizer'], line['optimizer'])} "
+                     f"| {line['num_groups']} | {line['runs']} | {cells} "
+                     f"| {line['seconds']:.1f} |")
     return lines
 
 
@@ -71,7 +53,9 @@ def _optimizer_section(run: Path, summary: list[dict]) -> list[str]:
     tracked = [line for line in summary if line["dominance"]]
     if len({line["optimizer"] for line in tracked}) < 2:
         return []
-    atomic_write_bytes(run / "dominance.png", dominance_bars(tracked))
+    charted = [line for line in tracked if any(line["dominance"].values())]
+    if charted:
+        atomic_write_bytes(run / "dominance.png", dominance_bars(charted, row_label))
     layers = list(tracked[0]["dominance"])
     lines = ["## Optimizers: Adam vs AdaTask", "",
              "Dominance: the fraction of a shared layer's parameters where one task's share of "
@@ -81,10 +65,14 @@ def _optimizer_section(run: Path, summary: list[dict]) -> list[str]:
              + " | ".join(f"dominance {layer}" for layer in layers) + " |",
              "|---|---|---|---|" + "---|" * len(layers)]
     for line in tracked:
-        lines.append(f"| {line['grouping']} | {line['optimizer']} | "
+        lines.append(f"| {ROW_LABELS.get(line['grouping'], line['grouping'])} | "
+                     f"{OPTIMIZER_LABELS.get(line['optimizer'], line['optimizer'])} | "
                      f"{_fmt(line['mean_test_f1'])} | {_fmt(line['worst_test_f1'])} | "
                      + " | ".join(_fmt(line["dominance"][layer]) for layer in layers) + " |")
-    return [*lines, "", "![dominance](dominance.png)", ""]
+    silent = [row_label(line) for line in tracked if line not in charted]
+    if silent:
+        lines += ["", f"No parameter is dominated by one task under {', '.join(silent)}."]
+    return [*lines, *(["", "![dominance](dominance.png)"] if charted else []), ""]
 
 
 def _error_section(run: Path, report: dict) -> list[str]:
@@ -95,15 +83,24 @@ def _error_section(run: Path, report: dict) -> list[str]:
     atomic_write_bytes(run / "estimate_scatter.png", estimate_scatter(
         estimated["losses"][true["subset_index"]].ravel(), true["losses"].ravel(),
         true["base_losses"][tasks], tasks))
-    rows = [("relative distance ‖f̂ − f‖/‖f‖", "relative_distance"),
-            ("  base-loss predictor (no fine-tuning)", "base_relative_distance"),
-            ("  each task's mean true loss", "task_mean_relative_distance"),
-            ("mean / median relative error", None),
-            ("Spearman, all pairs", "spearman"),
-            ("Spearman within each task", "within_task_spearman"),
-            ("  noise floor (two training seeds of the truth)", "true_noise_floor"),
-            ("mean of abs(f̂ − f_base) / f_base (the estimate's change)", "mean_change"),
-            ("mean of abs(f − f_base) / f_base (the truth's change)", "mean_true_change")]
+    rows = [("relative distance ‖f̂ − f‖/‖f‖", "relative_distance",
+             "lower is better; worth something only below both predictors under it"),
+            ("  base-loss predictor (no fine-tuning)", "base_relative_distance",
+             "the trivial predictor: each task's loss before any training on S"),
+            ("  each task's mean true loss", "task_mean_relative_distance",
+             "knows each task's level, nothing about which subset helps"),
+            ("mean / median relative error", None, "lower is better"),
+            ("Spearman, all pairs", "spearman",
+             "mostly the tasks' loss levels: high even without information on subsets"),
+            ("Spearman within each task", "within_task_spearman",
+             "what grouping needs: 0 is chance, the noise floor the most reachable"),
+            ("  noise floor (two training seeds of the truth)", "true_noise_floor",
+             "the truth's agreement with itself"),
+            ("mean of abs(f̂ − f_base) / f_base (the estimate's change)", "mean_change",
+             "compare with the truth's change below: far smaller means the estimate barely "
+             "moves"),
+            ("mean of abs(f − f_base) / f_base (the truth's change)", "mean_true_change",
+             "how much training on S changes a task's loss")]
     tuning = report["fine_tuning"]
     schedule = (f"a fixed {tuning['epochs']} epochs" if tuning["epochs"]
                 else "early stopping on the subset's validation loss")
@@ -117,26 +114,29 @@ def _error_section(run: Path, report: dict) -> list[str]:
     lines = ["## Estimated vs true affinity", "",
              f"{report['num_pairs']} (subset, task) pairs: {truth.format(tuned=tuned)}. "
              f"FLOPs are what torch's flop counter counts "
-             f"(matrix products), measured on a sample and scaled.", "", "| figure | value |",
-             "|---|---|"]
-    for label, key in rows:
+             f"(matrix products), measured on a sample and scaled.", "",
+             "| figure | value | read it as |", "|---|---|---|"]
+    for label, key, reading in rows:
         value = (f"{report['mean_relative_error']:.3f} / {report['median_relative_error']:.3f}"
                  if key is None else _fmt(report[key]))
-        lines.append(f"| {label} | {value} |")
-    lines += [f"| estimate seconds (gradients + surrogates) | {report['estimate_seconds']:.1f} |",
+        lines.append(f"| {label} | {value} | {reading} |")
+    lines += [f"| estimate seconds (gradients + surrogates) | {report['estimate_seconds']:.1f} "
+              f"| |",
               f"| true training, extrapolated to all subsets | "
-              f"{report['true_seconds_extrapolated']:.1f} |",
-              f"| cost ratio | {report['cost_ratio']:.3f} |"]
+              f"{report['true_seconds_extrapolated']:.1f} | |",
+              f"| cost ratio | {report['cost_ratio']:.3f} | below 1: the estimate is cheaper "
+              f"than true training |"]
     flops = report.get("flops")
     if flops:
         lines += [f"| counted GFLOPs, estimate (gradients + surrogates) | "
-                  f"{flops['estimate'] / 1e9:.2f} |",
+                  f"{flops['estimate'] / 1e9:.2f} | |",
                   f"| counted GFLOPs, true training of all subsets | "
-                  f"{flops['true_extrapolated'] / 1e9:.2f} |",
-                  f"| FLOP ratio | {flops['ratio']:.3f} |"]
+                  f"{flops['true_extrapolated'] / 1e9:.2f} | |",
+                  f"| FLOP ratio | {flops['ratio']:.3f} | below 1: fewer FLOPs than true "
+                  f"training |"]
     if report.get("groups_ari") is not None:
         lines.append(f"| adjusted Rand index, groups of estimated vs true T | "
-                     f"{report['groups_ari']:.3f} |")
+                     f"{report['groups_ari']:.3f} | 1 = the same groups, 0 = chance |")
     lines.append("")
     if report["relative_distance"] >= report["base_relative_distance"]:
         lines.append("The estimate is no closer to the truth than the base-loss predictor: "
@@ -153,6 +153,38 @@ def _error_section(run: Path, report: dict) -> list[str]:
         lines.append(f"Left out (no positive validation example): tasks "
                      f"{report['tasks_without_validation_positive']}.")
     return [*lines, "", "![scatter](estimate_scatter.png)", ""]
+
+
+def _training_logs(run: Path) -> list[str]:
+    """Where the run's logs and the group models' Tune experiments are, and how to open them."""
+    lines = ["## Logs", "", "`logs/` holds what the libraries printed during the run (Ray, Tune, "
+             "PyG, torch warnings). `tune/` holds the group models' Ray Tune experiments: one "
+             "folder per trial with its `result.json` and `progress.csv`."]
+    if any((run / "tune").rglob("events.out.tfevents*")):
+        lines.append(f"Open them in TensorBoard: `tensorboard --logdir {run / 'tune'}`.")
+    else:
+        lines.append("Tune writes TensorBoard event files beside them when `tensorboardX` is "
+                     "installed; then `tensorboard --logdir <run>/tune` opens them.")
+    return [*lines, ""]
+
+
+def render_html(markdown_text: str, run: Path, title: str) -> str:
+    """report.md as one self-contained HTML page: the figures embedded as data URIs."""
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+
+    def embed(match: re.Match) -> str:
+        path = run / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^":]+\.png)"', embed, body)
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
+             "line-height:1.45}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:.25em .6em}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>\n{body}\n</body></html>\n")
 
 
 def _affinity_method(affinity: dict) -> str:
@@ -173,9 +205,10 @@ def write_report(run_path: str | Path) -> dict:
     affinity = np.load(run / "affinity.npy")
     summary_rows = summarize_rows(rows)
     seconds = {name: record["seconds"] for name, record in manifest["stages"].items()}
-    atomic_write_bytes(run / "affinity_heatmap.png", affinity_heatmap(affinity, groups["groups"]))
+    atomic_write_bytes(run / "affinity_heatmap.png", affinity_heatmap(
+        affinity, groups["groups"], groups.get("group_names")))
     atomic_write_bytes(run / "comparison.png", comparison_bars(
-        summary_rows, METRIC_LABELS[summary_rows[0]["metric"]]))
+        summary_rows, METRIC_LABELS[summary_rows[0]["metric"]], row_label))
     summary = {"name": config["name"], "num_tasks": int(affinity.shape[0]),
                "num_groups": groups["num_groups"], "k_rule": groups["k_rule"],
                "ari_planted": groups.get("ari_planted"),
@@ -191,41 +224,48 @@ def write_report(run_path: str | Path) -> dict:
     error_path = run / "error_report.json"
     if error_path.is_file():
         summary["error_report"] = json.loads(error_path.read_text())
+
+    bottom_line = verdict(summary_rows, summary.get("error_report"))
+    summary["verdict"] = bottom_line.headline()
     atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
     lines = [f"# Task grouping report: {config['name']}", "",
              f"{affinity.shape[0]} tasks ({config['taskset']['kind']} task set), seed "
              f"{config['seed']}. {_affinity_method(config['affinity'])}; "
              f"clustering: {groups['method']}, k = {groups['num_groups']} ({groups['k_rule']}).",
-             "", "## Stage wall times", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {value:.1f} |" for name, value in seconds.items()]
-    lines += ["", "## Groups", ""]
+             "", *bottom_line.lines(), "", "## Groups", ""]
     for number, names in enumerate(groups["group_names"]):
         lines.append(f"- group {number} ({len(names)} tasks): {', '.join(names)}")
     if groups.get("ari_planted") is not None:
-        lines += ["", f"Adjusted Rand index against the planted families: "
-                  f"{groups['ari_planted']:.3f} ({groups['method']}); spectral clustering of the "
-                  f"same T: {groups['ari_planted_spectral']:.3f}."]
+        lines += ["", f"Adjusted Rand index against the planted families (1 = recovered, "
+                  f"0 = chance): {groups['ari_planted']:.3f} ({groups['method']}); spectral "
+                  f"clustering of the same T: {groups['ari_planted_spectral']:.3f}."]
     if groups.get("true_groups") is not None:
-        lines += ["", f"Groups of the true affinity matrix (every subset really fine-tuned, "
+        lines += ["", f"Groups of the true affinity matrix (every subset really trained, "
                   f"same k): adjusted Rand index {groups['ari_estimated_vs_true']:.3f} against "
                   f"the groups above"
                   + (f", {groups['ari_planted_true']:.3f} against the planted families."
                      if groups.get("ari_planted_true") is not None else ".")]
-    lines += ["", "![affinity](affinity_heatmap.png)", "", "## Comparison", "",
+    lines += ["", "![affinity](affinity_heatmap.png)", "", "## Evidence: the comparison", "",
               "Per-task test F1 uses the threshold that maximises validation F1; AP averages the "
-              "tasks with a positive test example. Random groups have the Grad-TAG group sizes "
-              "(the j-th draw trained with the j-th initialisation seed); ± is the standard "
-              "error over initialisation seeds; `per_task_linear` is one logistic regression "
-              "per task on the same features (deterministic). Every group model is trained from "
-              "scratch with the same loop, budget and early stopping, as a Ray Tune trial per "
-              "learning rate (the lowest validation loss is kept); `dmtg` is DMTG's own "
-              "fine-tuned model of its groups (search and fine-tuning within the same "
-              "budget).", ""]
+              "tasks with a positive test example. Random groups have the estimated group "
+              "sizes (the j-th draw trained with the j-th initialisation seed); ± is the "
+              "standard error over initialisation seeds (none on a single run; 0 on the "
+              "deterministic logistic regression). Every group model is trained from scratch "
+              "with the same loop, budget and early stopping, as a Ray Tune trial per learning "
+              "rate (the best validation criterion is kept); DMTG is its own fine-tuned model of "
+              "its groups (search and fine-tuning within the same budget). The baselines to "
+              "read every row against: all tasks in one model, random groups of the same sizes, "
+              "one model per task and one logistic regression per task.", ""]
     lines += _comparison_table(summary_rows)
-    lines += ["", *_verdict(summary_rows), "", "![comparison](comparison.png)", ""]
+    lines += ["", "![comparison](comparison.png)", ""]
     lines += _optimizer_section(run, summary_rows)
     if "error_report" in summary:
         lines += _error_section(run, summary["error_report"])
-    atomic_write_bytes(run / "report.md", "\n".join(lines).encode())
+    lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {value:.1f} |" for name, value in seconds.items()]
+    lines += ["", *_training_logs(run)]
+    text = "\n".join(lines)
+    atomic_write_bytes(run / "report.md", text.encode())
+    atomic_write_bytes(run / "report.html", render_html(text, run, config["name"]).encode())
     return summary

@@ -1,0 +1,162 @@
+"""The bottom line of a run, in words a newcomer reads: which grouping to use, by how much the
+estimated groups beat (or lose to) each alternative trained the same way, and whether the
+affinity estimate carried information on this task set.
+
+"Beats" means a gap beyond two standard errors of the difference, √(se_a² + se_b²), with the
+standard errors over initialisation seeds (:class:`grouping.evaluation.comparison.Gap`).
+Rows are compared only under the same optimizer; DMTG (its own Adam search and fine-tuning)
+is set against the estimated groups' Adam row, and the per-task logistic regression (no
+optimizer choice) against the leading row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grouping.evaluation.comparison import METRIC_LABELS, Gap, gap
+
+ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
+              "spectral": "spectral groups of the estimate", "true": "true-affinity groups",
+              "random": "random groups", "single": "one model per task", "dmtg": "DMTG",
+              "per_task_linear": "one logistic regression per task"}
+OPTIMIZER_LABELS = {"adam": "Adam", "adatask_adam": "AdaTask-Adam",
+                    "adatask_rmsprop": "AdaTask-RMSprop", "adatask_adagrad": "AdaTask-Adagrad",
+                    "lbfgs": "L-BFGS"}
+OWN_TRAINING = ("dmtg", "per_task_linear")
+
+
+def row_label(line: dict) -> str:
+    """``estimated groups (AdaTask-Adam)``: the row's readable name and its optimizer."""
+    name = ROW_LABELS.get(line["grouping"], line["grouping"])
+    return f"{name} ({OPTIMIZER_LABELS.get(line['optimizer'], line['optimizer'])})"
+
+
+def _value(line: dict, key: str) -> str:
+    se = line.get(f"{key}_se")
+    return f"{line[key]:.3f}" + (f" ± {se:.3f}" if se else "")
+
+
+def estimate_information(report: dict | None) -> str | None:
+    """Whether the estimate ranked the subsets of each task: its within-task Spearman
+    correlation with the truth against the truth's own agreement between two training seeds
+    (the noise floor)."""
+    if report is None or report.get("within_task_spearman") is None:
+        return None
+    rho, floor = report["within_task_spearman"], report.get("true_noise_floor")
+    if rho != rho:
+        return ("The affinity estimate's within-task agreement with the truth could not be "
+                "measured: too few truly trained subsets per task.")
+    if floor is None or floor != floor or floor <= 0:
+        return (f"The affinity estimate's within-task Spearman correlation with the truth is "
+                f"{rho:.2f}; without a repeated truth there is no noise floor to judge it by.")
+    ratio = rho / floor
+    judgement = ("carried no information about which subsets help a task" if ratio < 0.1
+                 else "carried weak information" if ratio < 0.5
+                 else "ranked each task's subsets well")
+    return (f"The affinity estimate {judgement} on this task set: within-task Spearman "
+            f"{rho:.2f} against the truth, whose own seed-to-seed agreement is {floor:.2f} "
+            f"({ratio:.0%} of it; 0 is chance).")
+
+
+def _singular(difference: Gap) -> str:
+    return ("beats" if difference.beats else "loses to" if difference.loses
+            else "is indistinguishable from")
+
+
+def _short(difference: Gap) -> str:
+    spread = f" ± {difference.se:.3f}" if difference.se else ""
+    word = "beats" if difference.beats else "loses" if difference.loses else "indistinguishable"
+    return f"{difference.gain:+.3f}{spread}, {word}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One of the leading grouping's rows (``own``) against an alternative row."""
+
+    own: dict
+    other: dict
+    difference: Gap
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The best row and its runner-up, the leading grouping's comparisons, the estimate's
+    information (None without an error report), and the metric they are on."""
+
+    best: dict
+    runner_up: dict | None
+    comparisons: list[Comparison]
+    information: str | None
+    metric: str
+
+    @property
+    def key(self) -> str:
+        return f"mean_{self.metric}"
+
+    @property
+    def label(self) -> str:
+        return METRIC_LABELS[self.metric]
+
+    def recommendation(self) -> str:
+        """"use X (optimizer; mean metric m ± se)", and whether the runner-up is
+        distinguishable from it."""
+        text = f"use {row_label(self.best)}: mean {self.label} {_value(self.best, self.key)}"
+        if self.runner_up is None:
+            return text
+        margin, runner_up = gap(self.best, self.runner_up, self.key), row_label(self.runner_up)
+        if margin.beats:
+            return f"{text}, ahead of the next best, {runner_up}, by {margin.describe()}"
+        if margin.se is None:
+            return (f"{text}, ahead of {runner_up} by {margin.gain:+.3f}, a margin with no "
+                    "spread to judge it by (a single run)")
+        return f"{text}, indistinguishable from {runner_up} ({margin.describe()})"
+
+    def headline(self) -> str:
+        """One console line: the recommendation, then the estimated groups against all
+        tasks in one model and against random groups."""
+        parts = [f"verdict: {self.recommendation()}"]
+        parts += [f"{ROW_LABELS[item.own['grouping']]} vs {ROW_LABELS[item.other['grouping']]} "
+                  f"{_short(item.difference)}" for item in self.comparisons
+                  if item.other["grouping"] in ("all", "random")]
+        return "; ".join(parts)
+
+    def lines(self) -> list[str]:
+        """The report's opening section (Markdown)."""
+        recommendation = self.recommendation()
+        lines = ["## Verdict", "", f"**{recommendation[0].upper()}{recommendation[1:]}.**", ""]
+        lines += [f"- {row_label(item.own)} {_singular(item.difference)} "
+                  f"{row_label(item.other)}: {item.difference.describe()} mean {self.label}."
+                  for item in self.comparisons]
+        if self.information:
+            lines += ["", self.information]
+        lines += ["", f"Mean {self.label} over tasks, on the test split. \"Beats\" means a gap "
+                  "beyond two standard errors of the difference (over initialisation seeds); "
+                  "rows are compared only when trained with the same optimizer."]
+        return lines
+
+
+def verdict(summary: list[dict], error_report: dict | None = None) -> Verdict:
+    """The verdict of a comparison's summary lines (``summarize_rows``), whose first line is
+    the all-in-one model under the primary optimizer."""
+    metric = summary[0]["metric"]
+    key = f"mean_{metric}"
+    primary = summary[0]["optimizer"]
+    by_key = {(line["grouping"], line["optimizer"]): line for line in summary}
+    leading = "gradtag" if ("gradtag", primary) in by_key else "true"
+    candidates = sorted((line for line in summary
+                         if line["optimizer"] == primary or line["grouping"] in OWN_TRAINING),
+                        key=lambda line: -line[key])
+    comparisons = []
+    for line in summary:
+        if line["grouping"] == leading:
+            continue
+        if line["grouping"] == "dmtg":
+            own = by_key.get((leading, "adam"))
+        else:
+            own = by_key.get((leading, line["optimizer"]))
+            if line["grouping"] == "per_task_linear":
+                own = by_key[(leading, primary)]
+        if own is not None:
+            comparisons.append(Comparison(own, line, gap(own, line, key)))
+    return Verdict(candidates[0], candidates[1] if len(candidates) > 1 else None, comparisons,
+                   estimate_information(error_report), metric)
