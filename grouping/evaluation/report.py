@@ -161,7 +161,8 @@ def _training_logs(run: Path) -> list[str]:
              "PyG, torch warnings). `tune/` holds the group models' Ray Tune experiments: one "
              "folder per trial with its `result.json` and `progress.csv`."]
     if any((run / "tune").rglob("events.out.tfevents*")):
-        lines.append(f"Open them in TensorBoard: `tensorboard --logdir {run / 'tune'}`.")
+        lines.append("Open them in TensorBoard from the run directory: "
+                     "`tensorboard --logdir tune`.")
     else:
         lines.append("Tune writes TensorBoard event files beside them when `tensorboardX` is "
                      "installed; then `tensorboard --logdir <run>/tune` opens them.")

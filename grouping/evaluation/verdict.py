@@ -81,13 +81,15 @@ class Comparison:
 @dataclass(frozen=True)
 class Verdict:
     """The best row and its runner-up, the leading grouping's comparisons, the estimate's
-    information (None without an error report), and the metric they are on."""
+    information (None without an error report), the metric they are on and the primary
+    optimizer (the one every grouping was trained with)."""
 
     best: dict
     runner_up: dict | None
     comparisons: list[Comparison]
     information: str | None
     metric: str
+    primary: str
 
     @property
     def key(self) -> str:
@@ -117,7 +119,8 @@ class Verdict:
         parts = [f"verdict: {self.recommendation()}"]
         parts += [f"{ROW_LABELS[item.own['grouping']]} vs {ROW_LABELS[item.other['grouping']]} "
                   f"{_short(item.difference)}" for item in self.comparisons
-                  if item.other["grouping"] in ("all", "random")]
+                  if item.other["grouping"] in ("all", "random")
+                  and item.own["optimizer"] == self.primary]
         return "; ".join(parts)
 
     def lines(self) -> list[str]:
@@ -159,4 +162,4 @@ def verdict(summary: list[dict], error_report: dict | None = None) -> Verdict:
         if own is not None:
             comparisons.append(Comparison(own, line, gap(own, line, key)))
     return Verdict(candidates[0], candidates[1] if len(candidates) > 1 else None, comparisons,
-                   estimate_information(error_report), metric)
+                   estimate_information(error_report), metric, primary)
