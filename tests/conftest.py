@@ -42,3 +42,17 @@ def small_sbm_config(**sections) -> dict:
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
+
+
+def small_binary_taskset():
+    """120 rows of 6 Gaussian features and 4 binary tasks, each a noisy sign of one feature
+    (half training, 30% validation)."""
+    import numpy as np
+
+    from grouping.tasksets.base import TaskSet, random_split
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((120, 6)).astype(np.float32)
+    labels = (features[:, :4] + 0.5 * rng.standard_normal((120, 4)) > 0).astype(np.uint8)
+    return TaskSet(features, labels, random_split(120, 0.5, 0.3, rng),
+                   [f"task{index}" for index in range(4)])

@@ -46,8 +46,8 @@ def test_run_directory_holds_every_artifact(finished):
         assert finished.file(name).is_file(), name
     rows = json.loads(finished.file("comparison.json").read_text())
     assert {(row["grouping"], row["optimizer"]) for row in rows} == {
-        ("all", "adatask_adam"), ("gradtag", "adatask_adam"), ("random", "adatask_adam"),
-        ("true", "adatask_adam"), ("all", "adam"), ("gradtag", "adam"), ("dmtg", "adam"),
+        ("all", "adam"), ("gradtag", "adam"), ("random", "adam"), ("true", "adam"),
+        ("all", "adatask_adam_mean"), ("gradtag", "adatask_adam_mean"), ("dmtg", "adam"),
         ("per_task_linear", "lbfgs")}
     for row in rows:
         assert set(row) >= {"grouping", "optimizer", "num_groups", "mean_test_f1",
@@ -58,7 +58,7 @@ def test_run_directory_holds_every_artifact(finished):
                                        "true_affinity", "error_report", "groups", "dmtg",
                                        "comparison"}
     summary = finished.read_json("summary.json")
-    assert set(summary["dominance"]) == {"adatask_adam", "adam"}
+    assert set(summary["dominance"]) == {"adatask_adam_mean", "adam"}
     assert set(summary["dominance"]["adam"]) == {"trunk.0.weight", "trunk.0.bias",
                                                  "trunk.2.weight", "trunk.2.bias"}
     dmtg = finished.read_json("dmtg.json")
@@ -66,7 +66,7 @@ def test_run_directory_holds_every_artifact(finished):
     assert sorted(t for group in dmtg_run["groups"] for t in group) == list(range(24))
     assert finished.file("dominance.png").is_file()
     report = finished.file("report.md").read_text()
-    assert "| estimated groups | AdaTask-Adam |" in report
+    assert "| estimated groups | Adam |" in report
     assert report.index("## Verdict") < report.index("## Groups") < report.index("## Evidence")
 
 

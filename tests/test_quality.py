@@ -77,7 +77,7 @@ def test_from_scratch_truth_is_the_group_models_validation_loss(tiny):
     config, taskset = tiny
     subset = np.array([1, 4, 5])
     truth = train_subset_from_scratch(taskset, subset, config, 7, CPU)["losses"]
-    train = config.train.model_copy(update={"lr": config.group_training.lrs[0]})
+    train = config.train.model_copy(update={"lr": config.group_training.first_lr})
     group = train_any_group(taskset, subset.tolist(), config, train, CPU,
                             config.group_training.optimizers[0], seed=7)
     model = restore(group["spec"], group["state"])

@@ -241,7 +241,7 @@ class Pipeline:
         if protocol == "from_scratch":
             options = self.config.group_training
             tuning = (self.config.digest(*BASE_SECTIONS), protocol, options.optimizers[0],
-                      options.lrs[0])
+                      options.first_lr)
         else:
             tuning = (self.config.digest(*BASE_SECTIONS), self.config.true_affinity.epochs,
                       self.config.fine_tuning().model_dump_json())
@@ -394,7 +394,8 @@ class Pipeline:
         (task set, model, training, its tasks, optimizer, seed, learning rates), so a resumed
         comparison trains only the group models it does not hold yet."""
         options = self.config.group_training
-        inputs = (self.config.digest(*BASE_SECTIONS), job, options.lrs, options.dominance_decay)
+        inputs = (self.config.digest(*BASE_SECTIONS), job, options.lrs_for(job.optimizer),
+                  options.dominance_decay)
         return f"group_trials/{hashlib.sha256(repr(inputs).encode()).hexdigest()[:20]}.pt"
 
     def _train_jobs(self, jobs: list[GroupJob]) -> list[dict]:

@@ -75,7 +75,7 @@ def overrides(config: RunConfig, settings: BenchmarkSettings, protocol: str) -> 
             "true_affinity.all_subsets=true", "true_affinity.repeat=true",
             f"true_affinity.num_subsets={min(settings.repeat_subsets, subsets)}",
             "group_training.optimizers=[adam]",
-            f"group_training.lrs=[{config.group_training.lrs[0]}]",
+            f"group_training.lrs=[{config.group_training.first_lr}]",
             f"group_training.seeds={settings.seeds}", "group_training.dominance_max_tasks=1",
             "groups.spectral=false",
             f"groups.single_task={str(single).lower()}",

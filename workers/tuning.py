@@ -1,4 +1,5 @@
-"""Per-group training as Ray Tune trials: one trial per (group, optimizer, learning rate),
+"""Per-group training as Ray Tune trials: one trial per (group, optimizer, learning rate of
+that optimizer),
 with the config's resources per trial, retried on failure, stored in the run directory and
 restored (finished trials kept) when an interrupted run is resumed."""
 
@@ -38,8 +39,8 @@ def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunC
     """Tune trainable: train one job at one learning rate; report the best validation loss
     with a checkpoint holding the trained model and its test metrics."""
     torch.set_num_threads(worker_threads(config.group_training.num_cpus_per_trial))
-    job = jobs[params["job"]]
-    train = config.train.model_copy(update={"lr": params["lr"]})
+    job = jobs[params["trial"]["job"]]
+    train = config.train.model_copy(update={"lr": params["trial"]["lr"]})
     result = train_any_group(taskset, job.tasks, config, train, resolve_device(config.device),
                              job.optimizer, job.track_dominance, job.seed)
     result["spec"] = spec_to_dict(result["spec"])
@@ -79,13 +80,14 @@ def _read_result(result: tune.Result) -> dict:
         raise RuntimeError(f"group training trial failed: {result.error}")
     with result.checkpoint.as_directory() as directory:
         saved = torch.load(Path(directory) / RESULT_FILE, weights_only=True)
-    saved["lr"] = result.config["lr"]
+    saved["lr"] = result.config["trial"]["lr"]
     return saved
 
 
 def train_group_trials(taskset: AnyTaskSet, jobs: list[GroupJob], config: RunConfig,
                        storage: str, name: str, description: str) -> list[dict]:
-    """For each job, the trial with the lowest validation loss over ``group_training.lrs``
+    """For each job, the trial with the lowest validation criterion over the learning rates
+    of its optimizer (``group_training.lrs``, a list or a mapping per optimizer)
     (its result dict, with the chosen ``lr``), in job order.
 
     The experiment lives in ``storage/name`` (a local path or a URI every node reaches); when
@@ -97,14 +99,15 @@ def train_group_trials(taskset: AnyTaskSet, jobs: list[GroupJob], config: RunCon
         tune.with_parameters(_trial, taskset=taskset, jobs=jobs, config=config),
         {"cpu": options.num_cpus_per_trial, "gpu": options.num_gpus_per_trial})
     path = f"{storage.rstrip('/')}/{name}"
-    total = len(jobs) * len(options.lrs)
+    trials = [{"job": number, "lr": lr} for number, job in enumerate(jobs)
+              for lr in options.lrs_for(job.optimizer)]
+    total = len(trials)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"job": tune.grid_search(list(range(len(jobs)))),
-                         "lr": tune.grid_search(list(options.lrs))},
+            param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(metric="val_criterion", mode="min", reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=0,
@@ -114,7 +117,7 @@ def train_group_trials(taskset: AnyTaskSet, jobs: list[GroupJob], config: RunCon
     best: dict[int, dict] = {}
     for result in grid:
         saved = _read_result(result)
-        job = result.config["job"]
+        job = result.config["trial"]["job"]
         if job not in best or saved["best_criterion"] < best[job]["best_criterion"]:
             best[job] = saved
     return [best[job] for job in range(len(jobs))]

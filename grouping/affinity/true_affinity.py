@@ -86,7 +86,7 @@ def train_subset_from_scratch(taskset: AnyTaskSet, subset: np.ndarray, config: R
     ``seed``), each task's validation loss at its best checkpoint, and the wall time."""
     start = time.perf_counter()
     options = config.group_training
-    train = config.train.model_copy(update={"lr": options.lrs[0]})
+    train = config.train.model_copy(update={"lr": options.first_lr})
     tasks = np.asarray(subset)
     result = train_any_group(taskset, tasks.tolist(), config, train, device,
                              options.optimizers[0], seed=seed)

@@ -20,6 +20,7 @@ ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
               "random": "random groups", "single": "one model per task", "dmtg": "DMTG",
               "per_task_linear": "one logistic regression per task"}
 OPTIMIZER_LABELS = {"adam": "Adam", "adatask_adam": "AdaTask-Adam",
+                    "adatask_adam_mean": "AdaTask-Adam (mean of task steps)",
                     "adatask_rmsprop": "AdaTask-RMSprop", "adatask_adagrad": "AdaTask-Adagrad",
                     "lbfgs": "L-BFGS"}
 OWN_TRAINING = ("dmtg", "per_task_linear")

@@ -5,10 +5,12 @@ from grouping.optim.adatask import (
     AdaTask,
     AdaTaskAdagrad,
     AdaTaskAdam,
+    AdaTaskAdamMean,
     AdaTaskRMSprop,
 )
 from grouping.optim.dominance import AdamTaskSplit, DominanceTracker
 from grouping.optim.task_gradients import TaskGradientMethod, task_gradients
 
-__all__ = ["ADATASK_OPTIMIZERS", "AdaTask", "AdaTaskAdagrad", "AdaTaskAdam", "AdaTaskRMSprop",
+__all__ = ["ADATASK_OPTIMIZERS", "AdaTask", "AdaTaskAdagrad", "AdaTaskAdam", "AdaTaskAdamMean",
+           "AdaTaskRMSprop",
            "AdamTaskSplit", "DominanceTracker", "TaskGradientMethod", "task_gradients"]

@@ -135,6 +135,24 @@ class AdaTaskAdam(AdaTask):
         return (exp_avg * -step_size).div_(denom)
 
 
+class AdaTaskAdamMean(AdaTaskAdam):
+    """AdaTask with Adam, the shared update the mean instead of the sum of the task steps:
+    θ ← θ − (η/K) Σ_k m̂_k / (√v̂_k + ε) over the K tasks of the step.
+
+    Each term m̂_k / (√v̂_k + ε) is about ±1 wherever task k's gradient is steady, whatever its
+    size, so the paper's sum (Yang et al., AAAI 2023, Algorithm 1) moves a shared parameter
+    by up to K·η per step, and by about √K·η where the tasks' batch gradients are noise (rare
+    labels: most tasks have no positive example in a batch). The mean keeps the per-task
+    accumulators (and so the paper's protection of dominated tasks: the relative share of the
+    task steps is unchanged) with a shared step no larger than one Adam step; the
+    task-specific parameters keep their Adam step at η. With one task it is Adam.
+    """
+
+    def _task_steps(self, state: dict[str, Any], grads: Tensor,
+                    group: dict[str, Any]) -> Tensor:
+        return super()._task_steps(state, grads, group).div_(len(grads))
+
+
 class AdaTaskRMSprop(AdaTask):
     """AdaTask with RMSProp: per-task v_k, no bias correction (Yang et al., AAAI 2023)."""
 
@@ -174,6 +192,7 @@ class AdaTaskAdagrad(AdaTask):
 
 ADATASK_OPTIMIZERS: dict[str, Callable[..., AdaTask]] = {
     "adatask_adam": AdaTaskAdam,
+    "adatask_adam_mean": AdaTaskAdamMean,
     "adatask_rmsprop": AdaTaskRMSprop,
     "adatask_adagrad": AdaTaskAdagrad,
 }
