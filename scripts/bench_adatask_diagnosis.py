@@ -134,17 +134,16 @@ def trained_rows(taskset, config, rates: dict[str, list[float]], seeds: list[int
 
 
 def trained_markdown(name: str, summary: list[dict]) -> list[str]:
-    def cell(line: dict, key: str) -> str:
-        se = line.get(f"{key}_se")
-        return f"{line[key]:.3f}" + (f" ± {se:.3f}" if se else "")
+    from grouping.evaluation.comparison import format_mean
 
     lines = [f"### {name}: all-in-one model trained to convergence", "",
              "| optimizer | lr chosen per seed | mean test F1 | worst-task test F1 | mean test AP "
              "| vs Adam (mean F1) | vs Adam (worst F1) |", "|---|---|---|---|---|---|---|"]
     for line in summary:
-        lines.append(f"| {line['optimizer']} | {', '.join(f'{lr:g}' for lr in line['lrs_chosen'])}"
-                     f" | {cell(line, 'mean_test_f1')} | {cell(line, 'worst_test_f1')} | "
-                     f"{cell(line, 'mean_test_ap')} | {line['vs_adam_f1']} | "
+        rates = ", ".join(f"{lr:g}" for lr in line["lrs_chosen"])
+        lines.append(f"| {line['optimizer']} | {rates} | {format_mean(line, 'mean_test_f1')} | "
+                     f"{format_mean(line, 'worst_test_f1')} | "
+                     f"{format_mean(line, 'mean_test_ap')} | {line['vs_adam_f1']} | "
                      f"{line['vs_adam_worst_f1']} |")
     return [*lines, ""]
 

@@ -110,17 +110,15 @@ def bench_config(path: Path, variants: list[tuple[str, list[str]]], arguments) -
 
 
 def markdown(name: str, figures: dict) -> list[str]:
+    from grouping.evaluation.comparison import format_mean
+
     lines = [f"### {name} ({figures['num_tasks']} tasks, positive rate "
              f"{figures['positive_rate']:.4f})", "",
              "| variant | mean test AP | mean test F1 | worst F1 | best epoch | "
              "vs first variant (AP) | vs per-task LR (AP) |", "|---|---|---|---|---|---|---|"]
-    def cell(row: dict, key: str) -> str:
-        se = row.get(f"{key}_se")
-        return f"{row[key]:.3f}" + ("" if not se else f" ± {se:.3f}")
-
     for row in figures["rows"]:
-        lines.append(f"| {row['variant']} | {cell(row, 'mean_test_ap')} | "
-                     f"{cell(row, 'mean_test_f1')} | "
+        lines.append(f"| {row['variant']} | {format_mean(row, 'mean_test_ap')} | "
+                     f"{format_mean(row, 'mean_test_f1')} | "
                      f"{row['worst_test_f1']:.3f} | {row['best_epoch']:.0f} | "
                      f"{row.get('vs_first', '')} | "
                      f"{row.get('vs_linear', '')} |")

@@ -26,17 +26,11 @@ from grouping.clustering import (
 )
 from grouping.config import ConfigError, RunConfig, dump_config
 from grouping.dmtg import check_memory
-from grouping.evaluation.comparison import (
-    METRIC_LABELS,
-    Plan,
-    comparison_row,
-    gap,
-    summarize_rows,
-)
+from grouping.evaluation.comparison import Plan, comparison_row, summarize_rows
 from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.linear_baseline import per_task_linear
 from grouping.evaluation.report import write_report
-from grouping.evaluation.verdict import ROW_LABELS
+from grouping.evaluation.verdict import grouping_label, verdict
 from grouping.models import ModelSpec, Spec, build_model, restore, spec_from_dict, spec_to_dict
 from grouping.resources import check_needs, estimation_needs
 from grouping.tasksets import AnyTaskSet, TaskSet, build_taskset
@@ -98,16 +92,12 @@ class Pipeline:
             return (f"within-task Spearman of the estimate {report['within_task_spearman']:.2f} "
                     f"against a noise floor of {report['true_noise_floor']:.2f}")
         if name == "comparison":
-            summary = summarize_rows(self.run.read_json("comparison.json"))
-            primary = summary[0]["optimizer"]
-            lines = {line["grouping"]: line for line in summary if line["optimizer"] == primary}
-            if "random" not in lines or self.grouping not in lines:
+            result = verdict(summarize_rows(self.run.read_json("comparison.json")))
+            random = result.versus("random")
+            if random is None:
                 return None
-            key = f"mean_{summary[0]['metric']}"
-            difference = gap(lines[self.grouping], lines["random"], key)
-            spread = f" ± {difference.se:.3f}" if difference.se else ""
-            return (f"{ROW_LABELS[self.grouping]} vs random groups {difference.gain:+.3f}{spread} "
-                    f"{METRIC_LABELS[summary[0]['metric']]}")
+            return (f"{grouping_label(random.own['grouping'])} vs random groups {random.gain} "
+                    f"{result.label}")
         return None
 
     def check(self, until: str | None = None) -> None:

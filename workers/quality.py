@@ -29,7 +29,7 @@ from pathlib import Path
 from grouping.affinity.subsets import subsets_for_coverage
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig, load_config
-from grouping.evaluation.comparison import gap, summarize_rows
+from grouping.evaluation.comparison import format_value, gap, summarize_rows
 from workers.pipeline import Pipeline
 
 PROTOCOLS = ("from_scratch", "fine_tune")
@@ -233,16 +233,11 @@ def markdown(name: str, figures: dict) -> list[str]:
              "", f"| grouping | seeds | groups | mean test {label} | worst-task test {label} | "
              f"mean test {other} |", "|---|---|---|---|---|---|"]
 
-    def cell(mean: float | None, se: float | None) -> str:
-        if mean is None:
-            return "–"
-        return f"{mean:.3f}" if not se else f"{mean:.3f} ± {se:.3f}"
-
     for row in figures["rows"]:
         lines.append(f"| {row['grouping']} | {row['n_seeds']} | {row['num_groups']} | "
-                     f"{cell(row[f'mean_{metric}'], row[f'se_{metric}'])} | "
-                     f"{cell(row[f'worst_{metric}'], row[f'se_worst_{metric}'])} | "
-                     f"{cell(row[f'mean_{secondary}'], row[f'se_{secondary}'])} |")
+                     f"{format_value(row[f'mean_{metric}'], row[f'se_{metric}'])} | "
+                     f"{format_value(row[f'worst_{metric}'], row[f'se_worst_{metric}'])} | "
+                     f"{format_value(row[f'mean_{secondary}'], row[f'se_{secondary}'])} |")
     lines += ["", "| truth protocol | within-task Spearman | noise floor | ratio | pooled "
               "Spearman | mean change f̂ / f | distance f̂ / base | cost ratio (s) | "
               "FLOP ratio |", "|---|---|---|---|---|---|---|---|---|"]

@@ -76,6 +76,19 @@ def comparison_row(plan: Plan, results: list[dict], optimizer: str,
             "dominance": mean_dominance(results)}
 
 
+def format_value(value: float | None, se: float | None = None) -> str:
+    """``0.412 ± 0.013``: a figure and its standard error (left out when None or 0), or "–"
+    for a figure that is missing or not finite."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{value:.3f}" + (f" ± {se:.3f}" if se else "")
+
+
+def format_mean(line: dict, key: str) -> str:
+    """:func:`format_value` of a summary line's ``key`` with its standard error ``key_se``."""
+    return format_value(line[key], line.get(f"{key}_se"))
+
+
 def summarize_rows(rows: list[dict]) -> list[dict]:
     """One line per grouping and optimizer: the mean over its runs (seeds) and, with two
     runs or more, their standard deviation (``_std``, ddof 1) and the standard error of the

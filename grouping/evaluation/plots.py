@@ -51,12 +51,10 @@ def affinity_heatmap(affinity: np.ndarray, groups: list[list[int]],
     return _png(figure)
 
 
-def comparison_bars(summary: list[dict], metric: str = "test F1",
-                    label: Callable[[dict], str] | None = None) -> bytes:
+def comparison_bars(summary: list[dict], metric: str, label: Callable[[dict], str]) -> bytes:
     """Mean and worst-task primary test metric per grouping (rows named by ``label``), with
     the standard error over seeds as error bars (only on rows with several seeds; clipped to
     the metric's range [0, 1])."""
-    label = label or (lambda line: f"{line['grouping']} ({line['optimizer']})")
     labels = [label(line) for line in summary]
     positions = np.arange(len(summary))
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(summary)), 4))
@@ -110,10 +108,9 @@ def estimate_scatter(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray,
     return _png(figure)
 
 
-def dominance_bars(lines: list[dict], label: Callable[[dict], str] | None = None) -> bytes:
+def dominance_bars(lines: list[dict], label: Callable[[dict], str]) -> bytes:
     """Dominance fraction per shared layer for each (grouping, optimizer) line (named by
     ``label``)."""
-    label = label or (lambda line: f"{line['grouping']} ({line['optimizer']})")
     layers = list(lines[0]["dominance"])
     positions = np.arange(len(layers))
     width = 0.8 / len(lines)

@@ -15,20 +15,20 @@ import numpy as np
 import yaml
 
 from grouping.artifacts import atomic_write_bytes
-from grouping.evaluation.comparison import METRIC_LABELS, summarize_rows, summary_keys
+from grouping.evaluation.comparison import (
+    METRIC_LABELS,
+    format_mean,
+    format_value,
+    summarize_rows,
+    summary_keys,
+)
 from grouping.evaluation.plots import (
     affinity_heatmap,
     comparison_bars,
     dominance_bars,
     estimate_scatter,
 )
-from grouping.evaluation.verdict import OPTIMIZER_LABELS, ROW_LABELS, row_label, verdict
-
-
-def _fmt(value: float | None, std: float | None = None) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    return f"{value:.3f}" if std is None else f"{value:.3f} ± {std:.3f}"
+from grouping.evaluation.verdict import grouping_label, optimizer_label, row_label, verdict
 
 
 def _comparison_table(summary: list[dict]) -> list[str]:
@@ -38,10 +38,9 @@ def _comparison_table(summary: list[dict]) -> list[str]:
              f"mean {secondary} | seconds (search + training) |",
              "|---|---|---|---|---|---|---|---|"]
     for line in summary:
-        cells = " | ".join(_fmt(line[key], line[f"{key}_se"] or None)
-                           for key in summary_keys(line))
-        lines.append(f"| {ROW_LABELS.get(line['grouping'], line['grouping'])} "
-                     f"| {OPTIMIZER_LABELS.get(line['optimizer'], line['optimizer'])} "
+        cells = " | ".join(format_mean(line, key) for key in summary_keys(line))
+        lines.append(f"| {grouping_label(line['grouping'])} "
+                     f"| {optimizer_label(line['optimizer'])} "
                      f"| {line['num_groups']} | {line['runs']} | {cells} "
                      f"| {line['seconds']:.1f} |")
     return lines
@@ -65,10 +64,12 @@ def _optimizer_section(run: Path, summary: list[dict]) -> list[str]:
              + " | ".join(f"dominance {layer}" for layer in layers) + " |",
              "|---|---|---|---|" + "---|" * len(layers)]
     for line in tracked:
-        lines.append(f"| {ROW_LABELS.get(line['grouping'], line['grouping'])} | "
-                     f"{OPTIMIZER_LABELS.get(line['optimizer'], line['optimizer'])} | "
-                     f"{_fmt(line['mean_test_f1'])} | {_fmt(line['worst_test_f1'])} | "
-                     + " | ".join(_fmt(line["dominance"][layer]) for layer in layers) + " |")
+        lines.append(f"| {grouping_label(line['grouping'])} | "
+                     f"{optimizer_label(line['optimizer'])} | "
+                     f"{format_value(line['mean_test_f1'])} | "
+                     f"{format_value(line['worst_test_f1'])} | "
+                     + " | ".join(format_value(line["dominance"][layer]) for layer in layers)
+                     + " |")
     silent = [row_label(line) for line in tracked if line not in charted]
     if silent:
         lines += ["", f"No parameter is dominated by one task under {', '.join(silent)}."]
@@ -118,7 +119,7 @@ def _error_section(run: Path, report: dict) -> list[str]:
              "| figure | value | read it as |", "|---|---|---|"]
     for label, key, reading in rows:
         value = (f"{report['mean_relative_error']:.3f} / {report['median_relative_error']:.3f}"
-                 if key is None else _fmt(report[key]))
+                 if key is None else format_value(report[key]))
         lines.append(f"| {label} | {value} | {reading} |")
     lines += [f"| estimate seconds (gradients + surrogates) | {report['estimate_seconds']:.1f} "
               f"| |",

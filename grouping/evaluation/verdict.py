@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grouping.evaluation.comparison import METRIC_LABELS, Gap, gap
+from grouping.evaluation.comparison import METRIC_LABELS, Gap, format_mean, gap
 
 ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
               "spectral": "spectral groups of the estimate", "true": "true-affinity groups",
@@ -26,15 +26,19 @@ OPTIMIZER_LABELS = {"adam": "Adam", "adatask_adam": "AdaTask-Adam",
 OWN_TRAINING = ("dmtg", "per_task_linear")
 
 
+def grouping_label(grouping: str) -> str:
+    """``estimated groups``: the readable name of a comparison row's grouping."""
+    return ROW_LABELS.get(grouping, grouping)
+
+
+def optimizer_label(optimizer: str) -> str:
+    """``AdaTask-Adam``: the readable name of an optimizer."""
+    return OPTIMIZER_LABELS.get(optimizer, optimizer)
+
+
 def row_label(line: dict) -> str:
     """``estimated groups (AdaTask-Adam)``: the row's readable name and its optimizer."""
-    name = ROW_LABELS.get(line["grouping"], line["grouping"])
-    return f"{name} ({OPTIMIZER_LABELS.get(line['optimizer'], line['optimizer'])})"
-
-
-def _value(line: dict, key: str) -> str:
-    se = line.get(f"{key}_se")
-    return f"{line[key]:.3f}" + (f" ± {se:.3f}" if se else "")
+    return f"{grouping_label(line['grouping'])} ({optimizer_label(line['optimizer'])})"
 
 
 def estimate_information(report: dict | None) -> str | None:
@@ -64,12 +68,6 @@ def _singular(difference: Gap) -> str:
             else "is indistinguishable from")
 
 
-def _short(difference: Gap) -> str:
-    spread = f" ± {difference.se:.3f}" if difference.se else ""
-    word = "beats" if difference.beats else "loses" if difference.loses else "indistinguishable"
-    return f"{difference.gain:+.3f}{spread}, {word}"
-
-
 @dataclass(frozen=True)
 class Comparison:
     """One of the leading grouping's rows (``own``) against an alternative row."""
@@ -77,6 +75,20 @@ class Comparison:
     own: dict
     other: dict
     difference: Gap
+
+    @property
+    def gain(self) -> str:
+        """``+0.071 ± 0.021``: the gain with its standard error (none without a spread)."""
+        spread = f" ± {self.difference.se:.3f}" if self.difference.se else ""
+        return f"{self.difference.gain:+.3f}{spread}"
+
+    def short(self) -> str:
+        """``estimated groups vs random groups +0.071 ± 0.021, beats``."""
+        difference = self.difference
+        word = ("beats" if difference.beats else "loses" if difference.loses
+                else "indistinguishable")
+        return (f"{grouping_label(self.own['grouping'])} vs "
+                f"{grouping_label(self.other['grouping'])} {self.gain}, {word}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,7 @@ class Verdict:
     def recommendation(self) -> str:
         """"use X (optimizer; mean metric m ± se)", and whether the runner-up is
         distinguishable from it."""
-        text = f"use {row_label(self.best)}: mean {self.label} {_value(self.best, self.key)}"
+        text = f"use {row_label(self.best)}: mean {self.label} {format_mean(self.best, self.key)}"
         if self.runner_up is None:
             return text
         margin, runner_up = gap(self.best, self.runner_up, self.key), row_label(self.runner_up)
@@ -118,11 +130,17 @@ class Verdict:
         """One console line: the recommendation, then the estimated groups against all
         tasks in one model and against random groups."""
         parts = [f"verdict: {self.recommendation()}"]
-        parts += [f"{ROW_LABELS[item.own['grouping']]} vs {ROW_LABELS[item.other['grouping']]} "
-                  f"{_short(item.difference)}" for item in self.comparisons
+        parts += [item.short() for item in self.comparisons
                   if item.other["grouping"] in ("all", "random")
                   and item.own["optimizer"] == self.primary]
         return "; ".join(parts)
+
+    def versus(self, grouping: str) -> Comparison | None:
+        """The leading grouping against ``grouping``'s row, both under the primary
+        optimizer (None when the comparison has no such row)."""
+        return next((item for item in self.comparisons if item.other["grouping"] == grouping
+                     and item.own["optimizer"] == item.other["optimizer"] == self.primary),
+                    None)
 
     def lines(self) -> list[str]:
         """The report's opening section (Markdown)."""

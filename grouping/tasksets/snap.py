@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +18,31 @@ def _open_text(path: Path):
     return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
 
 
+_READ_ERRORS = (OSError, EOFError, UnicodeDecodeError)
+
+
+def _data_lines(path: Path) -> Iterator[tuple[int, str, list[str]]]:
+    """(1-based line number, line, its fields) of every line with data ('#' comments and
+    blank lines skipped, still counted)."""
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split("#", 1)[0].split()
+            if fields:
+                yield number, line, fields
+
+
 def _first_bad_line(path: Path) -> str:
     """Where an edge list stops being pairs of integer ids: "line N: ..." (1-based, counting
     comment lines), found by reading the file again on the error path only."""
     width = None
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            try:
-                [int(field) for field in fields]
-            except ValueError:
-                return f"line {number}: expected integer node ids, found {line.strip()!r}"
-            width = width or len(fields)
-            if len(fields) != width:
-                return f"line {number}: {len(fields)} fields where earlier lines have {width}"
+    for number, line, fields in _data_lines(path):
+        try:
+            [int(field) for field in fields]
+        except ValueError:
+            return f"line {number}: expected integer node ids, found {line.strip()!r}"
+        width = width or len(fields)
+        if len(fields) != width:
+            return f"line {number}: {len(fields)} fields where earlier lines have {width}"
     return "unreadable rows"
 
 
@@ -45,7 +55,7 @@ def read_edge_list(path: Path) -> np.ndarray:
     except ValueError:
         raise ConfigError(f"{path}: not an edge list of integer id pairs "
                           f"({_first_bad_line(path)})") from None
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+    except _READ_ERRORS as error:
         raise ConfigError(f"{path}: cannot read as an edge list ({error})") from None
     if len(edges) == 0:
         raise ConfigError(f"{path}: no edges (expected two integer node ids per line)")
@@ -58,17 +68,12 @@ def read_communities(path: Path) -> list[np.ndarray]:
     """One array of original node ids per non-empty, non-comment line."""
     communities = []
     try:
-        with _open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                text = line.split("#", 1)[0].strip()
-                if not text:
-                    continue
-                try:
-                    communities.append(np.array(text.split(), dtype=np.int64))
-                except ValueError:
-                    raise ConfigError(f"{path}: line {number}: expected integer node "
-                                      "ids") from None
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+        for number, _, fields in _data_lines(path):
+            try:
+                communities.append(np.array(fields, dtype=np.int64))
+            except ValueError:
+                raise ConfigError(f"{path}: line {number}: expected integer node ids") from None
+    except _READ_ERRORS as error:
         raise ConfigError(f"{path}: cannot read as a community file ({error})") from None
     return communities
 
