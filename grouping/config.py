@@ -282,12 +282,41 @@ class TrainConfig(_Strict):
     early_stopping: Literal["val_loss", "val_ap"] = "val_ap"
 
 
+EstimatorName = Literal["surrogate", "first_order", "label_overlap", "lookahead"]
+
+
+class FirstOrderConfig(_Strict):
+    """The first-order estimator (grouping.affinity.estimators.first_order): ``normalize``
+    scores cosines of the tasks' loss gradients instead of inner products (LESS, Xia et al.
+    2024), so that tasks with large gradients do not dominate a subset's direction."""
+
+    normalize: bool = False
+
+
+class LookaheadConfig(_Strict):
+    """The lookahead estimator (grouping.affinity.estimators.lookahead): θ0 fine-tuned on each
+    subset for ``epochs`` epochs at ``lr`` (null: the fine-tuning rate, true_affinity.lr or
+    train.lr), f̂ the mean of the validation losses over ``seeds`` such runs."""
+
+    epochs: int = Field(1, ge=1)
+    seeds: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0)
+
+
 class AffinityConfig(_Strict):
     """How f(S, i) is obtained on the sampled subsets before aggregation into T.
 
-    ``gradtag``: Grad-TAG's estimate (projected output gradients and subset surrogates);
+    ``gradtag``: Grad-TAG's estimate (projected output gradients, then ``estimator``);
     ``true``: really fine-tuning θ0 on every subset, the expensive method Grad-TAG
     approximates (for small task sets).
+
+    ``estimator`` (grouping.affinity.estimators): ``surrogate``, Grad-TAG's logistic fit per
+    subset on the gradient features with the base logit as offset (``l2``,
+    ``newton_iterations``, ``tolerance``, ``surrogate_dtype``); ``first_order``, the
+    alignment of task i's validation loss gradient with the mean training loss gradient of
+    S (``first_order``); ``label_overlap``, the overlap of the training positives of i with
+    those of S's other tasks (binary-label task sets only; no model); ``lookahead``, task
+    i's validation loss after a short real fine-tuning of θ0 on S (``lookahead``).
 
     ``projection`` of the output gradients (grouping.affinity.kronecker): ``dense`` (a
     Gaussian block per parameter), ``kronecker`` (per linear layer P_out ⊗ P_in, never forming
@@ -300,6 +329,9 @@ class AffinityConfig(_Strict):
     """
 
     method: Literal["gradtag", "true"] = "gradtag"
+    estimator: EstimatorName = "surrogate"
+    first_order: FirstOrderConfig = FirstOrderConfig()
+    lookahead: LookaheadConfig = LookaheadConfig()
     projection: Literal["dense", "kronecker", "kronecker+dense"] = "dense"
     intermediate_dim: int = Field(2048, ge=4)
     projection_dim: int = Field(200, ge=1)

@@ -10,6 +10,8 @@ regression per task, every model over several initialisation seeds (see
 
     python scripts/bench_quality.py --json results/bench_quality.json
     python scripts/bench_quality.py --configs configs/yeast.yaml --seeds 5
+    python scripts/bench_quality.py --truths fine_tune --estimate-only \
+        --estimators surrogate first_order label_overlap
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts.bench_cli import add_common_arguments, write_figures  # noqa: E402
+from workers.quality import PROTOCOLS, VARIANTS  # noqa: E402
 
 DEFAULT_CONFIGS = ("sbm_100", "snap_amazon_sub", "snap_dblp_sub", "yeast", "cal500",
                    "instructions_tiny")
@@ -44,8 +47,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--random-seeds", type=int, default=3, help="random-group draws")
     parser.add_argument("--single-task-max", type=int, default=30,
                         help="train single-task models only up to this many tasks")
-    parser.add_argument("--no-fine-tune", action="store_true",
-                        help="measure the from-scratch truth only (no fine-tuned θ0 run)")
+    parser.add_argument("--truths", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
+                        help="the truth protocols measured (default both)")
+    parser.add_argument("--estimators", nargs="+", default=list(VARIANTS),
+                        metavar="NAME[:FIELD=VALUE,...]",
+                        help="estimator variants judged against each truth (fields of the "
+                             "affinity section, e.g. surrogate:l2=0.01)")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="stop each run after its error report: no group models")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a field of every config")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
@@ -56,18 +65,22 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     from grouping.config import ConfigError, load_config
-    from workers.quality import BenchmarkSettings, benchmark_config, markdown
+    from workers.quality import BenchmarkSettings, benchmark_config, markdown, variant_options
     from workers.runtime import init_ray
 
     try:
-        names = [load_config(path, arguments.set).name for path in arguments.configs]
+        configs = [load_config(path, arguments.set) for path in arguments.configs]
+        for variant in arguments.estimators:
+            variant_options(configs[0].affinity, variant)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    names = [config.name for config in configs]
     settings = BenchmarkSettings(arguments.max_subsets, arguments.repeat_subsets,
                                  arguments.seeds, arguments.random_seeds,
                                  arguments.single_task_max, arguments.seed,
-                                 not arguments.no_fine_tune)
+                                 tuple(arguments.truths), tuple(arguments.estimators),
+                                 arguments.estimate_only)
     init_ray(None)
     figures, text = {"settings": vars(settings), "configs": {}}, []
     for name, path in zip(names, arguments.configs):

@@ -85,7 +85,7 @@ def main(output: Path) -> None:
     runner.start()
     outcome["faults"] = [
         _remove_node_during(cluster, cpu_nodes, disturbed, "base", "gradients", runner),
-        _remove_node_during(cluster, cpu_nodes, disturbed, "gradients", "surrogates", runner)]
+        _remove_node_during(cluster, cpu_nodes, disturbed, "gradients", "estimates", runner)]
     runner.join()
     outcome["disturbed_seconds"] = time.perf_counter() - start
 

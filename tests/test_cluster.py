@@ -31,7 +31,7 @@ def test_lost_worker_nodes_change_nothing_and_the_run_lives_at_its_uri(tmp_path)
                              str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads((tmp_path / "outcome.json").read_text())
-    assert [fault["stage"] for fault in outcome["faults"]] == ["gradients", "surrogates"]
+    assert [fault["stage"] for fault in outcome["faults"]] == ["gradients", "estimates"]
     assert all(fault["removed_node"] and not fault["stage_finished_before"]
                for fault in outcome["faults"])
     assert outcome["affinity_identical"]

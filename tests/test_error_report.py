@@ -50,3 +50,6 @@ def test_flop_counter_counts_a_matrix_product_and_the_comparison_scales_it():
     flops = flop_comparison(10.0, 100, 50.0, 1000.0, 20)
     assert flops["estimate"] == 10 * 100 + 50 * 20
     assert flops["ratio"] == pytest.approx(2000 / 20000)
+    prepared = flop_comparison(10.0, 100, 50.0, 1000.0, 20, preparation_flops=500.0)
+    assert prepared["estimates"] == 500 + 50 * 20
+    assert prepared["ratio"] == pytest.approx(2500 / 20000)

@@ -25,8 +25,8 @@ from grouping.affinity.subsets import sample_subsets
 from grouping.config import parse_config
 from grouping.models import ModelSpec, build_model
 from grouping.tasksets import build_taskset
+from workers.estimates import compute_subset_losses
 from workers.gradients import compute_gradient_features
-from workers.surrogates import compute_subset_losses
 from workers.tuning import GroupJob, train_group_trials
 
 CONFIG = parse_config(small_sbm_config(

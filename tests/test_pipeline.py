@@ -54,7 +54,7 @@ def test_run_directory_holds_every_artifact(finished):
                             "worst_test_f1", "mean_test_ap", "seconds"}
         assert 0 <= row["worst_test_f1"] <= row["mean_test_f1"] <= 1
     manifest = json.loads(finished.file("manifest.json").read_text())
-    assert set(manifest["stages"]) == {"base", "gradients", "surrogates", "affinity",
+    assert set(manifest["stages"]) == {"base", "gradients", "estimates", "affinity",
                                        "true_affinity", "error_report", "groups", "dmtg",
                                        "comparison"}
     summary = finished.read_json("summary.json")
@@ -89,7 +89,7 @@ def test_resume_reuses_current_stages_and_redoes_changed_ones(finished, tmp_path
     config = parse_config(small_sbm_config(clustering={"num_groups": 2}))
     Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute()
     after = json.loads((copy / "manifest.json").read_text())["stages"]
-    for stage in ("base", "gradients", "surrogates", "affinity"):
+    for stage in ("base", "gradients", "estimates", "affinity"):
         assert after[stage] == before[stage], stage
     assert after["groups"]["finished_at"] >= before["groups"]["finished_at"]
     assert after["groups"]["digest"] != before["groups"]["digest"]
@@ -190,12 +190,12 @@ def test_a_killed_driver_resumes_from_the_finished_shards_of_its_stage(finished,
                                "--output", str(output)], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while len(list(output.glob("shards/surrogates-*/*.npz"))) < 3:
+    while len(list(output.glob("shards/estimates-*/*.npz"))) < 3:
         assert driver.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    shard = sorted(output.glob("shards/surrogates-*/*.npz"))[0]
+    shard = sorted(output.glob("shards/estimates-*/*.npz"))[0]
     with np.load(shard) as saved:
         marked = saved["losses"] + 1000.0  # a reused shard keeps the mark; a refit loses it
     np.savez(shard, losses=marked)
@@ -205,7 +205,7 @@ def test_a_killed_driver_resumes_from_the_finished_shards_of_its_stage(finished,
     batch = int(shard.stem)
     expected[batch * 8:(batch + 1) * 8] += 1000.0
     assert np.array_equal(losses, expected)
-    assert not list(output.glob("shards/surrogates-*"))
+    assert not list(output.glob("shards/estimates-*"))
 
 
 def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finished, tmp_path):

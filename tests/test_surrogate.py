@@ -302,7 +302,7 @@ def test_every_batch_fits_as_the_driver_decided(ray_session):
     """Long tasks' subsets alone would be preconditioned, all subsets together are not: the
     workers follow the driver's decision for every batch."""
     from grouping.config import AffinityConfig, RayConfig
-    from workers.surrogates import compute_subset_losses
+    from workers.estimates import compute_subset_losses
 
     rng = np.random.default_rng(12)
     dim, num_tasks = 64, 8

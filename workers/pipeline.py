@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.computers import feature_dim
+from grouping.affinity.estimators import ESTIMATORS, BaseModel
 from grouping.affinity.rows import RowTable, build_rows
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
 from grouping.affinity.true_affinity import base_losses
@@ -36,8 +37,8 @@ from grouping.resources import check_needs, estimation_needs
 from grouping.tasksets import AnyTaskSet, TaskSet, build_taskset
 from workers.console import say
 from workers.dmtg import run_dmtg
+from workers.estimates import compute_subset_losses
 from workers.gradients import compute_gradient_features
-from workers.surrogates import compute_subset_losses
 from workers.training import train_groups
 from workers.true_affinity import fine_tune_subsets
 from workers.tuning import GroupJob, train_group_trials
@@ -48,7 +49,7 @@ TRUE_SECTIONS = (*ESTIMATE_SECTIONS, "true_affinity")
 
 
 class Pipeline:
-    """One run: the task set, then the stages base → gradients → surrogates (or true
+    """One run: the task set, then the stages base → gradients → estimates (or true
     fine-tuning of every subset with ``affinity.method: true``) → affinity → [true affinity]
     → groups → [error report] → comparison → report, each skipped on ``--resume`` when
     already current."""
@@ -112,6 +113,11 @@ class Pipeline:
             raise ConfigError(f"--until {until}: this config does not run that stage")
         if self.config.dmtg.enabled:
             self._check_dmtg_memory()
+        estimator = ESTIMATORS[self.config.affinity.estimator]
+        if (self.grouping == "gradtag" and estimator.binary_labels_only
+                and not isinstance(self.taskset, TaskSet)):
+            raise ConfigError(f"affinity.estimator: {estimator.name} needs binary labels; "
+                              "this task set has none (use surrogate or first_order)")
         if self.grouping == "gradtag" and isinstance(self.taskset, TaskSet):
             parameters = sum(param.numel() for param in build_model(
                 self._model_spec(), self.config.seed).parameters() if param.requires_grad)
@@ -144,7 +150,7 @@ class Pipeline:
             stages += [("gradients", ESTIMATE_SECTIONS, ["gradients/rows.npz", "gradients/f0.npy",
                                                          "gradients/features.npy"],
                         self._gradients),
-                       ("surrogates", ESTIMATE_SECTIONS, losses, self._surrogates)]
+                       ("estimates", ESTIMATE_SECTIONS, losses, self._estimates)]
         else:
             stages.append(("true_subsets", self.true_sections, losses, self._true_subsets))
         stages.append(("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity))
@@ -174,6 +180,11 @@ class Pipeline:
     def _load_base(self) -> tuple[Spec, dict]:
         saved = self.run.load_torch("base_model.pt")
         return spec_from_dict(saved["spec"]), saved["state"]
+
+    def _base_model(self) -> BaseModel:
+        """θ0 with the task set, fine-tuning settings and seed, for estimators that train it."""
+        spec, state = self._load_base()
+        return BaseModel(self.taskset, spec, state, self.config.fine_tuning(), self.config.seed)
 
     def _gradients(self) -> None:
         options = self.config.affinity
@@ -210,14 +221,14 @@ class Pipeline:
                       for task, value in zip(subset, loss)]
         self.run.write_text("subset_losses.csv", "\n".join(lines) + "\n")
 
-    def _surrogates(self) -> None:
+    def _estimates(self) -> None:
         subsets = self._subsets()
         rows = RowTable(**self.run.load_arrays("gradients/rows.npz"))
-        shards = self._shards("surrogates", self.config.ray.subsets_per_batch)
+        shards = self._shards("estimates", self.config.ray.subsets_per_batch)
         losses = compute_subset_losses(
             subsets, rows, self.run.load_array("gradients/f0.npy"),
             self.run.load_array("gradients/features.npy", mmap=True), self.config.affinity,
-            self.config.ray, shards)
+            self.config.ray, shards, self._base_model())
         self._save_subset_losses(subsets, losses, "estimated_loss")
         shards.clear()
 
@@ -357,7 +368,7 @@ class Pipeline:
         taskset, options = self.taskset, self.config.groups
         seconds = self.run.stage_seconds()
         search = sum(seconds.get(stage, 0.0) for stage in (
-            "gradients", "surrogates", "true_subsets", "affinity", "groups"))
+            "gradients", "estimates", "true_subsets", "affinity", "groups"))
         chosen = record["groups"]
         plans = [Plan("all", [list(range(taskset.num_tasks))]),
                  Plan(self.grouping, chosen, search)]

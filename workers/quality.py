@@ -16,6 +16,12 @@ It then reads both error reports and comparisons and returns the figures and ver
 whether each oracle beats random groups (which truth is the target an estimator must rank),
 and whether the estimated groups do. "Beats" means a gap beyond two standard errors of the
 difference of the two rows (:func:`grouping.evaluation.comparison.gap`).
+
+Every estimator variant (:data:`VARIANTS`: an estimator of
+:mod:`grouping.affinity.estimators` with its options) is run on the same gradient table and
+subsets and judged against each truth alike. ``estimate_only`` stops each run after its
+error report (no group models): the estimators against the truths, in a fraction of the
+time.
 """
 
 from __future__ import annotations
@@ -23,27 +29,41 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import yaml
+
+from grouping.affinity.estimators import ESTIMATORS, BaseModel
+from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import subsets_for_coverage
 from grouping.artifacts import RunDirectory
-from grouping.config import RunConfig, load_config
+from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config
 from grouping.evaluation.comparison import format_value, gap, summarize_rows
+from grouping.evaluation.error_stage import against_truth, scorable_tasks
+from grouping.models import spec_from_dict
+from grouping.tasksets import TaskSet, build_taskset
+from workers.estimates import compute_subset_losses
 from workers.pipeline import Pipeline
 
 PROTOCOLS = ("from_scratch", "fine_tune")
 ROW_NAMES = {"all": "all-in-one", "gradtag": "estimated groups", "random": "random groups",
              "single": "single-task", "dmtg": "DMTG", "per_task_linear": "per-task logistic"}
-ESTIMATOR = "surrogate"
+VARIANTS = ("surrogate", "surrogate:l2=0.01", "surrogate:l2=0.001", "first_order",
+            "first_order:first_order.normalize=true", "label_overlap", "lookahead",
+            "lookahead:lookahead.seeds=2", "lookahead:lookahead.epochs=2")
+"""The estimator variants measured by default: ``NAME`` or ``NAME:FIELD=VALUE,...`` with
+fields of the ``affinity`` section."""
 
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
     """The benchmark's caps: estimator subsets (the truth trains every one of them), the
     truth's repeated sample (noise floor), initialisation seeds, random-group draws, and the
-    largest task count for which single-task models are trained; ``fine_tune: false`` leaves
-    out the second truth (its run and its oracle rows)."""
+    largest task count for which single-task models are trained; the truth ``protocols``
+    measured (each its run and its oracle rows); the estimator ``variants`` judged against
+    them; ``estimate_only`` trains no group models."""
 
     max_subsets: int = 100
     repeat_subsets: int = 100
@@ -51,12 +71,9 @@ class BenchmarkSettings:
     random_seeds: int = 3
     single_task_max_tasks: int = 30
     seed: int = 0
-    fine_tune: bool = True
-
-    @property
-    def protocols(self) -> tuple[str, ...]:
-        """The truths measured: from scratch always, fine-tuning θ0 unless left out."""
-        return PROTOCOLS if self.fine_tune else PROTOCOLS[:1]
+    protocols: tuple[str, ...] = PROTOCOLS
+    variants: tuple[str, ...] = field(default=VARIANTS)
+    estimate_only: bool = False
 
 
 def overrides(config: RunConfig, settings: BenchmarkSettings, protocol: str) -> list[str]:
@@ -87,8 +104,71 @@ def _run(config_path: Path, extra: list[str], settings: BenchmarkSettings, proto
     plain = load_config(config_path, extra)
     config = load_config(config_path, [*extra, *overrides(plain, settings, protocol)])
     start = time.perf_counter()
-    Pipeline(config, RunDirectory(directory, resume), resume).execute()
+    Pipeline(config, RunDirectory(directory, resume), resume).execute(
+        "error_report" if settings.estimate_only else None)
     return config, time.perf_counter() - start
+
+
+def variant_options(options: AffinityConfig, variant: str) -> AffinityConfig:
+    """The ``affinity`` section of an estimator variant ``NAME[:FIELD=VALUE,...]`` (values
+    in YAML; FIELD dotted for nested options such as ``first_order.normalize``)."""
+    name, _, assignments = variant.partition(":")
+    if name not in ESTIMATORS:
+        raise ConfigError(f"estimator variant {variant!r}: unknown estimator {name!r} "
+                          f"(known: {', '.join(ESTIMATORS)})")
+    data = options.model_dump()
+    data["estimator"] = name
+    for assignment in filter(None, assignments.split(",")):
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            raise ConfigError(f"estimator variant {variant!r}: expected FIELD=VALUE, "
+                              f"found {assignment!r}")
+        *parents, leaf = key.strip().split(".")
+        target = data
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
+    try:
+        return AffinityConfig.model_validate(data)
+    except ValueError as error:
+        raise ConfigError(f"estimator variant {variant!r}: {error}") from None
+
+
+def variant_reports(run: RunDirectory, config: RunConfig, variants: tuple[str, ...]) -> dict:
+    """Every applicable estimator variant on the run's gradient table and subsets against
+    the run's truth: {variant: error-report figures with ``estimate_seconds`` (the gradient
+    stage plus the variant's own estimate) and ``cost_ratio`` against training every
+    subset}. Variants an estimator refuses for this task set are left out."""
+    taskset = build_taskset(config)
+    rows = RowTable(**run.load_arrays("gradients/rows.npz"))
+    f0 = run.load_array("gradients/f0.npy")
+    gradients = run.load_array("gradients/features.npy", mmap=True)
+    subsets = run.load_arrays("subset_losses.npz")["subsets"]
+    true = run.load_arrays("true_losses.npz")
+    scorable = scorable_tasks(taskset)
+    true_seconds = float(np.median(true["seconds"])) * len(subsets)
+    gradient_seconds = run.stage_seconds()["gradients"]
+    saved = run.load_torch("base_model.pt")
+    base = BaseModel(taskset, spec_from_dict(saved["spec"]), saved["state"],
+                     config.fine_tuning(), config.seed)
+    out = {}
+    for variant in variants:
+        options = variant_options(config.affinity, variant)
+        estimator = ESTIMATORS[options.estimator]
+        if estimator.binary_labels_only and not isinstance(taskset, TaskSet):
+            continue
+        start = time.perf_counter()
+        losses = compute_subset_losses(subsets, rows, f0, gradients, options, config.ray,
+                                       base=base)
+        seconds = time.perf_counter() - start
+        report = against_truth(losses, true, scorable, estimator.predicts_losses)
+        report["estimate_seconds"] = seconds + (gradient_seconds
+                                                if estimator.uses_gradient_features else 0.0)
+        report["estimator_seconds"] = seconds
+        report["true_seconds_extrapolated"] = true_seconds
+        report["cost_ratio"] = report["estimate_seconds"] / true_seconds
+        out[variant] = report
+    return out
 
 
 def _estimator_figures(report: dict) -> dict:
@@ -118,58 +198,79 @@ def _row(line: dict, name: str) -> dict:
     return row
 
 
+def _execute_runs(config_path: Path, workdir: Path, settings: BenchmarkSettings,
+                  extra: list[str]) -> tuple[RunConfig, dict[str, float]]:
+    """The run of each protocol; a later protocol starts from a hard-linked copy of the
+    first one's directory, so that base model, gradients and estimate are shared."""
+    seconds, first, config = {}, None, None
+    for protocol in settings.protocols:
+        directory = workdir / protocol
+        if first is not None and not directory.is_dir():
+            # Hard links: every artifact is replaced by rename when rewritten, never in place.
+            shutil.copytree(first, directory, ignore=shutil.ignore_patterns("tune"),
+                            copy_function=os.link)
+        run_config, seconds[f"{protocol}_run"] = _run(
+            config_path, list(extra), settings, protocol, directory,
+            (directory / "manifest.json").is_file())
+        config = config or run_config
+        first = first or directory
+    return config, seconds
+
+
 def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettings,
                      extra: list[str] = ()) -> dict:
     """Every figure of one config (see the module docstring); runs live under ``workdir``
     (``from_scratch/`` and ``fine_tune/``, resumed when present).
 
-    Returns ``default_estimator``; ``estimators`` {name: within_task_spearman, noise_floor,
-    ratio_to_floor, mean_change, true_mean_change, spearman, relative_distance,
+    Returns ``default_estimator`` (the config's); ``estimators`` {variant: within_task_spearman,
+    noise_floor, ratio_to_floor, mean_change, true_mean_change, spearman, relative_distance,
     base_relative_distance, cost_ratio, flop_ratio, ...} against the target truth and
-    ``estimators_by_truth`` {protocol: {name: ...}} against both; ``truth`` {protocol (the
-    target: the truth whose oracle gains most over random groups), num_subsets,
-    repeated_subsets, seeds, pair_coverage}; ``rows`` [{grouping, optimizer, n_seeds,
-    num_groups, deterministic, mean_/se_ of the primary and secondary test metrics,
-    worst_/se_worst_ of the primary}]; ``oracle_beats_random`` {protocol: bool}; ``verdicts``
-    {question: sentence} and ``verdict`` (the estimated groups against random groups); ARIs
-    against planted families and between estimated and oracle groups; wall ``seconds``."""
-    scratch, tuned = workdir / "from_scratch", workdir / "fine_tune"
-    config, scratch_seconds = _run(config_path, list(extra), settings, "from_scratch", scratch,
-                                   (scratch / "manifest.json").is_file())
-    seconds = {"from_scratch_run": scratch_seconds}
-    if settings.fine_tune:
-        if not tuned.is_dir():
-            # Hard links: every artifact is replaced by rename when rewritten, never in place.
-            shutil.copytree(scratch, tuned, ignore=shutil.ignore_patterns("tune"),
-                            copy_function=os.link)
-        seconds["fine_tune_run"] = _run(config_path, list(extra), settings, "fine_tune", tuned,
-                                        True)[1]
+    ``estimators_by_truth`` {protocol: {variant: ...}} against each; ``truth`` {protocol (the
+    target: the truth whose oracle gains most over random groups; the first protocol when no
+    groups were trained), num_subsets, repeated_subsets, seeds, pair_coverage}; ``rows``
+    [{grouping, optimizer, n_seeds, num_groups, deterministic, mean_/se_ of the primary and
+    secondary test metrics, worst_/se_worst_ of the primary}] (empty with
+    ``estimate_only``); ``oracle_beats_random`` {protocol: bool}; ``verdicts`` {question:
+    sentence} and ``verdict`` (the estimated groups against random groups); ARIs against
+    planted families and between estimated and oracle groups; wall ``seconds``."""
+    config, seconds = _execute_runs(config_path, workdir, settings, list(extra))
     protocols = settings.protocols
     runs = {protocol: RunDirectory(workdir / protocol, True) for protocol in protocols}
-    lines = {protocol: {line["grouping"]: line
-                        for line in summarize_rows(run.read_json("comparison.json"))}
-             for protocol, run in runs.items()}
-    summary = dict(lines["from_scratch"])
-    summary.pop("true", None)
-    names = {**ROW_NAMES}
-    for protocol in protocols:
-        if "true" in lines[protocol]:
-            summary[f"oracle_{protocol}"] = lines[protocol]["true"]
-            names[f"oracle_{protocol}"] = f"oracle groups ({protocol.replace('_', '-')} truth)"
-    key = f"mean_{summary['all']['metric']}"
-    reports = {protocol: run.read_json("error_report.json") for protocol, run in runs.items()}
-    oracle_groups = {protocol: run.read_json("groups.json") for protocol, run in runs.items()}
-    groups = oracle_groups["from_scratch"]
+    default = config.affinity.estimator
+    by_truth = {}
+    for protocol, run in runs.items():
+        report = run.read_json("error_report.json")
+        start = time.perf_counter()
+        variants = variant_reports(run, config, settings.variants)
+        seconds[f"{protocol}_variants"] = time.perf_counter() - start
+        figures = {variant: _estimator_figures(figure) for variant, figure in variants.items()}
+        by_truth[protocol] = {default: _estimator_figures(report)}
+        by_truth[protocol].update((variant, figure) for variant, figure in figures.items()
+                                  if variant != default)
+    summary, names = {}, {**ROW_NAMES}
+    if not settings.estimate_only:
+        lines = {protocol: {line["grouping"]: line
+                            for line in summarize_rows(run.read_json("comparison.json"))}
+                 for protocol, run in runs.items()}
+        summary = dict(lines[protocols[0]])
+        summary.pop("true", None)
+        for protocol in protocols:
+            if "true" in lines[protocol]:
+                summary[f"oracle_{protocol}"] = lines[protocol]["true"]
+                names[f"oracle_{protocol}"] = (f"oracle groups ({protocol.replace('_', '-')} "
+                                               "truth)")
+    key = f"mean_{summary['all']['metric']}" if summary else None
     oracle_gaps = {protocol: gap(summary[f"oracle_{protocol}"], summary["random"], key)
                    for protocol in protocols
                    if f"oracle_{protocol}" in summary and "random" in summary}
     target = max(oracle_gaps, key=lambda protocol: oracle_gaps[protocol].gain,
-                 default="from_scratch")
+                 default=protocols[0])
+    oracle_groups = {protocol: run.read_json("groups.json") for protocol, run in runs.items()}
+    groups = oracle_groups[protocols[0]]
     result = {
-        "default_estimator": ESTIMATOR,
-        "estimators": {ESTIMATOR: _estimator_figures(reports[target])},
-        "estimators_by_truth": {protocol: {ESTIMATOR: _estimator_figures(reports[protocol])}
-                                for protocol in protocols},
+        "default_estimator": default,
+        "estimators": by_truth[target],
+        "estimators_by_truth": by_truth,
         "truth": {"protocol": target, "num_subsets": config.affinity.num_subsets,
                   "repeated_subsets": min(settings.repeat_subsets, config.affinity.num_subsets),
                   "seeds": 2, "pair_coverage": _pair_coverage(config)},
@@ -179,13 +280,13 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
                                for protocol, record in oracle_groups.items()},
         "ari_estimated_vs_oracle": {protocol: record.get("ari_estimated_vs_true")
                                     for protocol, record in oracle_groups.items()},
-        "metric": summary["all"]["metric"],
+        "metric": summary["all"]["metric"] if summary else None,
         "rows": [_row(line, names.get(name, name)) for name, line in summary.items()],
         "seconds": seconds,
     }
     result["oracle_beats_random"] = {protocol: difference.beats
                                      for protocol, difference in oracle_gaps.items()}
-    result["verdicts"] = verdicts(summary, key, names)
+    result["verdicts"] = verdicts(summary, key, names) if summary else {}
     result["verdict"] = result["verdicts"].get("estimated_vs_random",
                                                "no estimated or no random groups to compare")
     return result
@@ -218,45 +319,55 @@ def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[
     return out
 
 
+def estimator_table(figures: dict) -> list[str]:
+    """One line per (truth, estimator variant): within-task Spearman, its floor and ratio,
+    pooled Spearman, the changes of f̂ and f, the cost ratio."""
+    lines = ["| truth | estimator | within-task Spearman | noise floor | ratio | pooled "
+             "Spearman | mean change f̂ / f | cost ratio (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for protocol, estimators in figures["estimators_by_truth"].items():
+        for variant, est in estimators.items():
+            lines.append(f"| {protocol} | {variant} | {format_value(est['within_task_spearman'])}"
+                         f" | {format_value(est['noise_floor'])} | "
+                         f"{format_value(est['ratio_to_floor'])} | "
+                         f"{format_value(est['spearman'])} | "
+                         f"{format_value(est['mean_change'])} / "
+                         f"{format_value(est['true_mean_change'])} | "
+                         f"{format_value(est['cost_ratio'])} |")
+    return lines
+
+
 def markdown(name: str, figures: dict) -> list[str]:
     """The config's table and verdict lines."""
-    metric = figures["metric"]
-    secondary = "test_token_accuracy" if metric == "test_exact_match" else "test_ap"
-    label = metric.removeprefix("test_").replace("_", " ")
-    other = secondary.removeprefix("test_").replace("_", " ")
     estimator = figures["estimators"][figures["default_estimator"]]
     lines = [f"### {name}", "",
              f"{figures['num_tasks']} tasks, k = {figures['num_groups']} ({figures['k_rule']}); "
              f"truth over {figures['truth']['num_subsets']} subsets (pair coverage "
              f"{figures['truth']['pair_coverage']:.1f}), {figures['truth']['repeated_subsets']} "
-             f"of them under a second seed. Mean ± standard error over initialisation seeds.",
-             "", f"| grouping | seeds | groups | mean test {label} | worst-task test {label} | "
-             f"mean test {other} |", "|---|---|---|---|---|---|"]
-
-    for row in figures["rows"]:
-        lines.append(f"| {row['grouping']} | {row['n_seeds']} | {row['num_groups']} | "
-                     f"{format_value(row[f'mean_{metric}'], row[f'se_{metric}'])} | "
-                     f"{format_value(row[f'worst_{metric}'], row[f'se_worst_{metric}'])} | "
-                     f"{format_value(row[f'mean_{secondary}'], row[f'se_{secondary}'])} |")
-    lines += ["", "| truth protocol | within-task Spearman | noise floor | ratio | pooled "
-              "Spearman | mean change f̂ / f | distance f̂ / base | cost ratio (s) | "
-              "FLOP ratio |", "|---|---|---|---|---|---|---|---|---|"]
-    for protocol, estimators in figures["estimators_by_truth"].items():
-        est = estimators[figures["default_estimator"]]
-        flops = "–" if est["flop_ratio"] is None else f"{est['flop_ratio']:.2f}"
-        lines.append(f"| {protocol} | {est['within_task_spearman']:.3f} | "
-                     f"{est['noise_floor']:.3f} | {est['ratio_to_floor']:.2f} | "
-                     f"{est['spearman']:.3f} | "
-                     f"{est['mean_change']:.3f} / {est['true_mean_change']:.3f} | "
-                     f"{est['relative_distance']:.3f} / {est['base_relative_distance']:.3f} | "
-                     f"{est['cost_ratio']:.2f} | {flops} |")
-    if any(figures["oracle_beats_random"].values()):
+             f"of them under a second seed. Mean ± standard error over initialisation seeds.", ""]
+    metric = figures["metric"]
+    if metric is not None:
+        secondary = "test_token_accuracy" if metric == "test_exact_match" else "test_ap"
+        label = metric.removeprefix("test_").replace("_", " ")
+        other = secondary.removeprefix("test_").replace("_", " ")
+        lines += [f"| grouping | seeds | groups | mean test {label} | worst-task test {label} "
+                  f"| mean test {other} |", "|---|---|---|---|---|---|"]
+        for row in figures["rows"]:
+            lines.append(f"| {row['grouping']} | {row['n_seeds']} | {row['num_groups']} | "
+                         f"{format_value(row[f'mean_{metric}'], row[f'se_{metric}'])} | "
+                         f"{format_value(row[f'worst_{metric}'], row[f'se_worst_{metric}'])} | "
+                         f"{format_value(row[f'mean_{secondary}'], row[f'se_{secondary}'])} |")
+        lines.append("")
+    lines += estimator_table(figures)
+    if figures["rows"] and any(figures["oracle_beats_random"].values()):
         lines += ["", f"Target truth: {figures['truth']['protocol']} (its oracle groups beat "
                   f"random groups by the widest margin); the estimate's within-task ratio to "
                   f"its floor there: {estimator['ratio_to_floor']:.2f}.", ""]
-    else:
+    elif figures["rows"]:
         lines += ["", "Neither truth's oracle groups beat random groups here: no truth is shown "
                   "to be the target an estimator should rank (the figures above use the "
                   f"{figures['truth']['protocol']} truth, whose oracle gains most).", ""]
+    else:
+        lines.append("")
     lines += [f"- {sentence}." for sentence in figures["verdicts"].values()]
     return [*lines, ""]

@@ -8,8 +8,13 @@ import numpy as np
 import torch
 
 from grouping.affinity.computers import GradientComputer
+from grouping.affinity.estimators import (
+    ESTIMATORS,
+    BaseModel,
+    EstimatorInputs,
+    make_estimator,
+)
 from grouping.affinity.rows import RowTable
-from grouping.affinity.surrogate import subset_losses
 from grouping.affinity.true_affinity import (
     fine_tune,
     fine_tune_adapter,
@@ -27,6 +32,36 @@ from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet
 CPU = torch.device("cpu")
 
 
+LOSS_SCALE_FIGURES = ("relative_distance", "mean_relative_error", "median_relative_error",
+                      "mean_change")
+"""Figures that compare f̂ with f on the loss scale: not defined for an estimator whose f̂ is
+a score (``Estimator.predicts_losses`` false)."""
+
+
+def scorable_tasks(taskset: AnyTaskSet) -> np.ndarray:
+    """Tasks whose validation loss measures something: a positive validation example
+    (binary tasks), any validation example (instruction tasks, all labelled 1): [T] bool."""
+    val = taskset.indices(VAL)
+    if isinstance(taskset, InstructionTaskSet):
+        return np.bincount(taskset.task[val], minlength=taskset.num_tasks) > 0
+    return taskset.labels[val].sum(0) > 0
+
+
+def against_truth(estimate: np.ndarray, true: dict[str, np.ndarray], scorable: np.ndarray,
+                  predicts_losses: bool = True) -> dict:
+    """:func:`error_report` of estimated losses [m, s] of all sampled subsets against the
+    arrays of ``true_losses.npz``, over the pairs whose task is ``scorable`` [T]."""
+    tasks = true["subsets"].ravel()
+    keep = scorable[tasks]
+    estimate = estimate[true["subset_index"]].ravel()
+    repeat = true["losses_repeat"].ravel()[keep] if "losses_repeat" in true else None
+    report = error_report(estimate[keep], true["losses"].ravel()[keep],
+                          true["base_losses"][tasks][keep], tasks[keep], repeat)
+    if not predicts_losses:
+        report.update(dict.fromkeys(LOSS_SCALE_FIGURES, float("nan")))
+    return report
+
+
 class ErrorStage:
     """Reads a run's gradient features, estimated and true subset losses; computes the
     figures of error_report.json."""
@@ -34,7 +69,7 @@ class ErrorStage:
     def __init__(self, run: RunDirectory, taskset: AnyTaskSet, config: RunConfig, spec: Spec,
                  state: dict[str, torch.Tensor]) -> None:
         self.run, self.taskset, self.config, self.spec = run, taskset, config, spec
-        self.base = restore(spec, state)
+        self.base, self.state = restore(spec, state), state
         self.language_model = isinstance(spec, LMSpec)
         self.rows = RowTable(**run.load_arrays("gradients/rows.npz"))
         self.f0 = run.load_array("gradients/f0.npy")
@@ -44,28 +79,17 @@ class ErrorStage:
                                          config.seed, options.projection,
                                          options.intermediate_dim)
 
-    def _scorable(self) -> np.ndarray:
-        """Tasks whose validation loss measures something: a positive validation example
-        (binary tasks), any validation example (instruction tasks, all labelled 1)."""
-        val = self.taskset.indices(VAL)
-        if isinstance(self.taskset, InstructionTaskSet):
-            return np.bincount(self.taskset.task[val], minlength=self.taskset.num_tasks) > 0
-        return self.taskset.labels[val].sum(0) > 0
-
     def report(self) -> dict:
         """Every figure of error_report.json except the grouping ARI (added by the caller)."""
         true = self.run.load_arrays("true_losses.npz")
         estimated = self.run.load_arrays("subset_losses.npz")
-        tasks = true["subsets"].ravel()
-        has_positive = self._scorable()
-        keep = has_positive[tasks]
-        estimate = estimated["losses"][true["subset_index"]].ravel()
-        repeat = true["losses_repeat"].ravel()[keep] if "losses_repeat" in true else None
-        report = error_report(estimate[keep], true["losses"].ravel()[keep],
-                              true["base_losses"][tasks][keep], tasks[keep], repeat)
+        has_positive = scorable_tasks(self.taskset)
+        report = against_truth(estimated["losses"], true, has_positive,
+                               ESTIMATORS[self.config.affinity.estimator].predicts_losses)
+        report["estimator"] = self.config.affinity.estimator
         seconds = self.run.stage_seconds()
         num_subsets = len(estimated["subsets"])
-        report["estimate_seconds"] = seconds["gradients"] + seconds["surrogates"]
+        report["estimate_seconds"] = seconds["gradients"] + seconds["estimates"]
         report["estimate_seconds_with_base"] = report["estimate_seconds"] + seconds["base"]
         report["true_seconds_per_subset"] = float(np.median(true["seconds"]))
         report["true_seconds_extrapolated"] = report["true_seconds_per_subset"] * num_subsets
@@ -104,19 +128,23 @@ class ErrorStage:
         return errors
 
     def flops(self, subsets: np.ndarray, true_subset: np.ndarray) -> dict[str, float]:
-        """Counted FLOPs: gradient features per row and surrogate fits per subset (measured
-        on a sample and scaled to all rows and subsets) against one true fine-tuning."""
+        """Counted FLOPs: gradient features per row, the estimator's preparation once and its
+        estimate per subset (measured on a sample and scaled to all rows and subsets)
+        against one true fine-tuning."""
         sample = np.arange(min(256, len(self.rows.example)))
         per_row = count_flops(lambda: self.computer(self.rows.example[sample],
                                                     self.rows.task[sample])) / len(sample)
-        options = self.config.affinity
+        estimator = make_estimator(self.config.affinity)
+        table = EstimatorInputs(self.rows, self.f0, self.gradients, BaseModel(
+            self.taskset, self.spec, self.state, self.config.fine_tuning(), self.config.seed))
+        prepared: list = []
+        preparation = count_flops(lambda: prepared.append(estimator.prepare(subsets, table)))
         fitted = subsets[:2]
-        per_subset = count_flops(lambda: subset_losses(
-            fitted, self.rows, self.f0, self.gradients, options.l2, options.newton_iterations,
-            options.tolerance)) / len(fitted)
+        per_subset = count_flops(lambda: estimator.estimate(fitted, table, prepared[0]))
         if self.config.true_affinity.protocol == "from_scratch":
             true = count_flops(lambda: train_subset_from_scratch(
                 self.taskset, true_subset, self.config, self.config.seed, CPU))
         else:
             true = count_flops(lambda: self._fine_tune(true_subset))
-        return flop_comparison(per_row, len(self.rows.example), per_subset, true, len(subsets))
+        return flop_comparison(per_row, len(self.rows.example), per_subset / len(fitted), true,
+                               len(subsets), preparation)

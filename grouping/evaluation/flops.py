@@ -17,13 +17,14 @@ def count_flops(function: Callable[[], object]) -> int:
 
 
 def flop_comparison(gradient_flops_per_row: float, num_rows: int,
-                    surrogate_flops_per_subset: float, true_flops_per_subset: float,
-                    num_subsets: int) -> dict[str, float]:
-    """Counted FLOPs of the estimate (gradient features for every row, one surrogate fit per
-    subset) against true fine-tuning of every subset, and their ratio."""
+                    estimate_flops_per_subset: float, true_flops_per_subset: float,
+                    num_subsets: int, preparation_flops: float = 0.0) -> dict[str, float]:
+    """Counted FLOPs of the estimate (gradient features for every row, the estimator's
+    preparation once, its estimate per subset) against true fine-tuning of every subset,
+    and their ratio."""
     gradients = gradient_flops_per_row * num_rows
-    surrogates = surrogate_flops_per_subset * num_subsets
+    estimates = preparation_flops + estimate_flops_per_subset * num_subsets
     true = true_flops_per_subset * num_subsets
-    return {"gradient_features": gradients, "surrogates": surrogates,
-            "estimate": gradients + surrogates, "true_per_subset": true_flops_per_subset,
-            "true_extrapolated": true, "ratio": (gradients + surrogates) / true}
+    return {"gradient_features": gradients, "estimates": estimates,
+            "estimate": gradients + estimates, "true_per_subset": true_flops_per_subset,
+            "true_extrapolated": true, "ratio": (gradients + estimates) / true}

@@ -113,15 +113,17 @@ def _error_section(run: Path, report: dict) -> list[str]:
     tuned = (f"all {report['num_subsets']}" if tuning.get("all_subsets")
              else f"{tuning['num_subsets']} of the {report['num_subsets']}")
     lines = ["## Estimated vs true affinity", "",
+             f"Estimator `{report.get('estimator', 'surrogate')}`, "
              f"{report['num_pairs']} (subset, task) pairs: {truth.format(tuned=tuned)}. "
              f"FLOPs are what torch's flop counter counts "
              f"(matrix products), measured on a sample and scaled.", "",
              "| figure | value | read it as |", "|---|---|---|"]
     for label, key, reading in rows:
-        value = (f"{report['mean_relative_error']:.3f} / {report['median_relative_error']:.3f}"
+        value = (f"{format_value(report['mean_relative_error'])} / "
+                 f"{format_value(report['median_relative_error'])}"
                  if key is None else format_value(report[key]))
         lines.append(f"| {label} | {value} | {reading} |")
-    lines += [f"| estimate seconds (gradients + surrogates) | {report['estimate_seconds']:.1f} "
+    lines += [f"| estimate seconds (gradients + estimates) | {report['estimate_seconds']:.1f} "
               f"| |",
               f"| true training, extrapolated to all subsets | "
               f"{report['true_seconds_extrapolated']:.1f} | |",
@@ -129,7 +131,7 @@ def _error_section(run: Path, report: dict) -> list[str]:
               f"than true training |"]
     flops = report.get("flops")
     if flops:
-        lines += [f"| counted GFLOPs, estimate (gradients + surrogates) | "
+        lines += [f"| counted GFLOPs, estimate (gradients + estimates) | "
                   f"{flops['estimate'] / 1e9:.2f} | |",
                   f"| counted GFLOPs, true training of all subsets | "
                   f"{flops['true_extrapolated'] / 1e9:.2f} | |",

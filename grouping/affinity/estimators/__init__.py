@@ -1,0 +1,30 @@
+"""Estimators of f̂(S, i) behind one interface (:class:`Estimator`), one module each; a new
+estimator is one module here with a subclass, added to :data:`ESTIMATORS`."""
+
+from __future__ import annotations
+
+from grouping.affinity.estimators.base import (
+    BaseModel,
+    Estimator,
+    EstimatorInputs,
+    task_loss_gradients,
+)
+from grouping.affinity.estimators.first_order import FirstOrderEstimator
+from grouping.affinity.estimators.label_overlap import LabelOverlapEstimator
+from grouping.affinity.estimators.lookahead import LookaheadEstimator
+from grouping.affinity.estimators.surrogate import SurrogateEstimator
+from grouping.config import AffinityConfig
+
+ESTIMATORS: dict[str, type[Estimator]] = {
+    estimator.name: estimator
+    for estimator in (SurrogateEstimator, FirstOrderEstimator, LabelOverlapEstimator,
+                      LookaheadEstimator)}
+
+
+def make_estimator(options: AffinityConfig) -> Estimator:
+    """The estimator ``affinity.estimator`` names, with its options."""
+    return ESTIMATORS[options.estimator](options)
+
+
+__all__ = ["ESTIMATORS", "BaseModel", "Estimator", "EstimatorInputs", "make_estimator",
+           "task_loss_gradients"]

@@ -1,0 +1,49 @@
+"""Lookahead: a short real fine-tuning of θ0 on S (the lookahead of TAG, Fifty et al.,
+NeurIPS 2021, Eq. 2-3, taken over ``lookahead.epochs`` epochs of the subset's training rows
+instead of one step of the shared parameters).
+
+f̂(S, i) is task i's validation loss after θ0 is fine-tuned on S for ``lookahead.epochs``
+epochs (a fixed schedule, Adam at ``lookahead.lr``, or the fine-tuning rate), the same loop
+as the fine-tune truth over a fraction of its epochs, averaged over ``lookahead.seeds``
+batch orders. Each lookahead draws its batches from seeds of its own (:data:`SEED_OFFSET`),
+so that it never shares a batch order with the error report's truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from grouping.affinity.estimators.base import Estimator, EstimatorInputs
+from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.models import restore
+
+SEED_OFFSET = 3
+"""Added to the run's seed: the truth trains with seed and seed + 1."""
+
+
+class LookaheadEstimator(Estimator):
+    """Task i's validation loss after ``lookahead.epochs`` epochs of fine-tuning θ0 on S."""
+
+    name = "lookahead"
+    cost = ("lookahead.epochs epochs of fine-tuning per subset: that fraction of the "
+            "fine-tune truth's epochs, plus one validation pass per epoch")
+    reads_gradient_rows = False
+    uses_gradient_features = False
+    needs_base_model = True
+
+    def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+        base = inputs.base
+        options = self.options.lookahead
+        training = base.training.model_copy(update={"lr": options.lr or base.training.lr})
+        device = torch.device(device)
+        model = restore(base.spec, base.state).to(device)
+        seeds = base.seed + SEED_OFFSET + np.arange(options.seeds)
+        return np.stack([
+            np.mean([fine_tune_subset(model, base.spec, base.taskset, subset, training,
+                                      options.epochs, int(seed), device)["losses"]
+                     for seed in seeds], axis=0)
+            for subset in subsets])

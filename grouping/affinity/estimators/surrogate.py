@@ -1,0 +1,43 @@
+"""Grad-TAG's surrogate estimator (Li, Sharma, Zhang, KDD 2024, Sec. 3.2, Eq. 5-6, with the
+base logit as offset).
+
+For subset S: logistic regression on the stacked training rows of S's tasks, p = σ(f0 + gᵀw),
+minimising the weighted mean cross-entropy plus λ‖w‖²; f̂(S, i) is task i's weighted mean
+validation cross-entropy under f0 + gᵀw_S. The batched Newton-CG solver is
+:mod:`grouping.affinity.surrogate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from grouping.affinity.estimators.base import Estimator, EstimatorInputs
+from grouping.affinity.surrogate import preconditioned, subset_losses, task_curvatures
+
+
+class SurrogateEstimator(Estimator):
+    """The logistic surrogate fit per subset (``affinity.l2``, ``newton_iterations``,
+    ``tolerance``, ``surrogate_dtype``)."""
+
+    name = "surrogate"
+    cost = ("a damped Newton-CG fit per subset: about 2 (1 + CG iterations) passes over the "
+            "training rows of S per Newton iteration, each 2·rows·d; plus T·d² per task when "
+            "preconditioned")
+
+    def prepare(self, subsets: np.ndarray, table: EstimatorInputs) -> np.ndarray | None:
+        """Every task's curvature term when the fits are preconditioned (decided once for
+        all subsets, so that every batch fits the same way), else None."""
+        if preconditioned(subsets, table.rows, table.dim):
+            return task_curvatures(table.rows, table.f0, table.gradients)
+        return None
+
+    def estimate(self, subsets: np.ndarray, table: EstimatorInputs, prepared: Any,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+        options = self.options
+        return subset_losses(subsets, table.rows, table.f0, table.gradients, options.l2,
+                             options.newton_iterations, options.tolerance, device,
+                             getattr(torch, options.surrogate_dtype), prepared,
+                             precondition=prepared is not None)

@@ -1,0 +1,236 @@
+"""The estimator interface and its estimators: each ranks a family-mate subset above a
+stranger subset on a planted table, the surrogate is the landed solver unchanged, the
+first-order and overlap statistics are what their docstrings say, and the config picks them
+by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import small_sbm_config
+
+from grouping.affinity.estimators import (
+    ESTIMATORS,
+    BaseModel,
+    EstimatorInputs,
+    make_estimator,
+    task_loss_gradients,
+)
+from grouping.affinity.estimators.label_overlap import training_jaccard
+from grouping.affinity.estimators.lookahead import SEED_OFFSET
+from grouping.affinity.rows import RowTable
+from grouping.affinity.surrogate import subset_losses
+from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.config import AffinityConfig, ConfigError, EstimatorName, RayConfig, parse_config
+from grouping.models import ModelSpec, build_model, restore
+from grouping.tasksets import TRAIN, VAL, build_taskset
+from grouping.training import train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES, PER_FAMILY, DIM = 3, 3, 24
+
+
+def planted_table(seed: int = 0) -> EstimatorInputs:
+    """Nine tasks in three families. Every task has the same 60 training and 40 validation
+    examples; a family's tasks share their positives (a block of the examples, each task
+    dropping a random fifth of it) and their positive rows' gradient features point along
+    the family's own direction, so pooling family-mates fits and aligns with a task's
+    validation rows, pooling strangers does not."""
+    rng = np.random.default_rng(seed)
+    directions = np.linalg.qr(rng.normal(size=(DIM, FAMILIES)))[0].T * 3
+    train_examples, val_examples = np.arange(60), np.arange(60, 100)
+    block = np.arange(100) % FAMILIES
+    parts = {key: [] for key in ("example", "task", "split", "label", "f0", "gradient")}
+    offsets = np.zeros((FAMILIES * PER_FAMILY, 3), np.int64)
+    count = 0
+    for task in range(FAMILIES * PER_FAMILY):
+        family = task // PER_FAMILY
+        for split, examples in ((TRAIN, train_examples), (VAL, val_examples)):
+            offsets[task, split] = count
+            labels = ((block[examples] == family) & (rng.random(len(examples)) > 0.2))
+            noise = rng.normal(size=(len(examples), DIM))
+            parts["example"].append(examples)
+            parts["task"].append(np.full(len(examples), task))
+            parts["split"].append(np.full(len(examples), split, np.int8))
+            parts["label"].append(labels.astype(np.float32))
+            parts["f0"].append(np.full(len(examples), -1.0, np.float32))
+            parts["gradient"].append((noise + labels[:, None] * directions[family])
+                                     .astype(np.float32))
+            count += len(examples)
+        offsets[task, 2] = count
+    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    rows = RowTable(arrays["example"], arrays["task"], arrays["split"], arrays["label"],
+                    np.ones(count, np.float32), offsets)
+    return EstimatorInputs(rows, arrays["f0"], arrays["gradient"])
+
+
+def _estimate(options: AffinityConfig, subsets: np.ndarray, table: EstimatorInputs) -> np.ndarray:
+    estimator = make_estimator(options)
+    return estimator.estimate(subsets, table, estimator.prepare(subsets, table))
+
+
+def test_the_config_names_every_estimator_and_nothing_else():
+    assert set(typing.get_args(EstimatorName)) == set(ESTIMATORS)
+    for name, estimator in ESTIMATORS.items():
+        assert estimator.name == name and estimator.cost and estimator.__doc__
+
+
+@pytest.mark.parametrize("name", sorted(name for name, estimator in ESTIMATORS.items()
+                                         if not estimator.needs_base_model))
+def test_each_estimator_ranks_family_mates_above_strangers(name):
+    table = planted_table()
+    # Task 0 beside its two family-mates, and beside one task of each other family.
+    subsets = np.array([[0, 1, 2], [0, 3, 6], [0, 4, 7], [0, 5, 8]])
+    estimate = _estimate(AffinityConfig(estimator=name), subsets, table)
+    assert estimate.shape == subsets.shape
+    assert estimate[0, 0] < estimate[1:, 0].min()
+
+
+def test_the_surrogate_estimator_is_the_batched_solver_unchanged():
+    table = planted_table(1)
+    subsets = np.array([[0, 1, 2], [0, 3, 6], [2, 4, 8], [1, 5, 7]])
+    options = AffinityConfig(l2=0.05)
+    direct = subset_losses(subsets, table.rows, table.f0, table.gradients, 0.05,
+                           options.newton_iterations, options.tolerance)
+    assert np.array_equal(_estimate(options, subsets, table), direct)
+
+
+def test_first_order_is_the_inner_product_of_mean_loss_gradients():
+    table = planted_table(2)
+    train, val, base = task_loss_gradients(table)
+    rows = table.rows
+    for task in (0, 4):
+        span = slice(rows.offsets[task, TRAIN], rows.offsets[task, TRAIN + 1])
+        residual = 1 / (1 + np.exp(-table.f0[span].astype(np.float64))) - rows.label[span]
+        assert np.allclose(train[task], residual @ table.gradients[span] / len(residual))
+        val_span = slice(rows.offsets[task, VAL], rows.offsets[task, VAL + 1])
+        logit, label = table.f0[val_span].astype(np.float64), rows.label[val_span]
+        assert base[task] == pytest.approx(np.mean(np.logaddexp(0, logit) - label * logit))
+    subsets = np.array([[0, 1, 5], [2, 3, 4]])
+    estimate = _estimate(AffinityConfig(estimator="first_order"), subsets, table)
+    for s, subset in enumerate(subsets):
+        for k, task in enumerate(subset):
+            assert estimate[s, k] == pytest.approx(-val[task] @ train[subset].mean(0))
+    unit = _estimate(AffinityConfig(estimator="first_order", first_order={"normalize": True}),
+                     subsets, table)
+    assert np.all(np.abs(unit) <= 1 + 1e-12)
+    cosine = (val[0] @ train[1]) / np.linalg.norm(val[0]) / np.linalg.norm(train[1])
+    self_cosine = (val[0] @ train[0]) / np.linalg.norm(val[0]) / np.linalg.norm(train[0])
+    cosine_5 = (val[0] @ train[5]) / np.linalg.norm(val[0]) / np.linalg.norm(train[5])
+    assert unit[0, 0] == pytest.approx(-(self_cosine + cosine + cosine_5) / 3)
+
+
+def test_label_overlap_reads_training_positives_only():
+    table = planted_table(3)
+    rows = table.rows
+    jaccard = training_jaccard(rows)
+    positives = [set(rows.example[(rows.task == t) & (rows.split == TRAIN) & (rows.label == 1)])
+                 for t in range(2)]
+    assert jaccard[0, 1] == pytest.approx(len(positives[0] & positives[1])
+                                          / len(positives[0] | positives[1]))
+    assert np.allclose(np.diag(jaccard), 1.0) and np.allclose(jaccard, jaccard.T)
+    flipped = rows.label.copy()
+    flipped[rows.split == VAL] = 1 - flipped[rows.split == VAL]
+    changed = EstimatorInputs(RowTable(rows.example, rows.task, rows.split, flipped, rows.weight,
+                                     rows.offsets), table.f0, table.gradients)
+    subsets = np.array([[0, 1, 2], [0, 3, 6]])
+    options = AffinityConfig(estimator="label_overlap")
+    assert np.array_equal(_estimate(options, subsets, table), _estimate(options, subsets, changed))
+    assert _estimate(options, subsets, table)[0, 0] == pytest.approx(
+        -(jaccard[0, 1] + jaccard[0, 2]) / 2)
+
+
+@pytest.mark.parametrize("name", ["first_order", "label_overlap"])
+def test_estimates_do_not_depend_on_workers_or_batches(ray_session, name):
+    from workers.estimates import compute_subset_losses
+
+    table = planted_table(4)
+    rng = np.random.default_rng(0)
+    subsets = np.sort(np.array([rng.choice(9, 3, replace=False) for _ in range(20)]), axis=1)
+    options = AffinityConfig(estimator=name)
+    one = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                                RayConfig(num_workers=1, subsets_per_batch=20))
+    many = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                                 RayConfig(num_workers=2, subsets_per_batch=3))
+    assert np.array_equal(one, many)
+    assert np.array_equal(one, _estimate(options, subsets, table))
+
+
+@pytest.fixture(scope="module")
+def planted_base() -> BaseModel:
+    """θ0 trained on the quickstart's planted SBM (6 families of 4 tasks)."""
+    config = parse_config(small_sbm_config())
+    taskset = build_taskset(config)
+    spec = ModelSpec.from_config(config.model, taskset.features.shape[1], taskset.num_tasks)
+    model = build_model(spec, config.seed)
+    train_model(model, taskset, np.arange(taskset.num_tasks), config.train, config.seed,
+                torch.device("cpu"))
+    return BaseModel(taskset, spec, model.state_dict(), config.fine_tuning(), config.seed)
+
+
+def test_lookahead_ranks_family_mates_above_strangers_on_a_planted_sbm(planted_base):
+    options = AffinityConfig(estimator="lookahead")
+    inputs = EstimatorInputs(None, None, None, planted_base)
+    for family in range(6):
+        task = 4 * family
+        mates = np.arange(task, task + 4)
+        strangers = np.sort([task, (task + 4) % 24, (task + 8) % 24, (task + 12) % 24])
+        estimate = _estimate(options, np.stack([mates, strangers]), inputs)
+        assert estimate[0, 0] < estimate[1, list(strangers).index(task)]
+
+
+def test_lookahead_is_a_short_fine_tuning_with_seeds_of_its_own(ray_session, planted_base):
+    from workers.estimates import compute_subset_losses
+
+    subsets = np.array([[0, 1, 5], [2, 7, 9], [3, 4, 8]])
+    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 2, "seeds": 2})
+    expected = [np.mean([fine_tune_subset(restore(planted_base.spec, planted_base.state),
+                                          planted_base.spec, planted_base.taskset, subset,
+                                          planted_base.training, 2, planted_base.seed + offset,
+                                          torch.device("cpu"))["losses"]
+                         for offset in (SEED_OFFSET, SEED_OFFSET + 1)], axis=0)
+                for subset in subsets]
+    table = planted_table()
+    losses = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                                   RayConfig(num_workers=2, subsets_per_batch=2),
+                                   base=planted_base)
+    assert np.allclose(losses, np.stack(expected), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the base model"):
+        compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                              RayConfig())
+
+
+def test_an_unknown_estimator_names_the_field():
+    with pytest.raises(ConfigError, match="affinity.estimator"):
+        parse_config(small_sbm_config(affinity={"estimator": "oracle"}))
+
+
+def test_the_driver_exits_2_on_an_unknown_estimator(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(small_sbm_config(affinity={"estimator": "oracle"})))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_grouping.py"),
+                             "--config", str(config), "--output", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "affinity.estimator" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_benchmark_variants_are_parsed_and_checked():
+    from workers.quality import variant_options
+
+    options = variant_options(AffinityConfig(), "surrogate:l2=0.01,newton_iterations=20")
+    assert (options.estimator, options.l2, options.newton_iterations) == ("surrogate", 0.01, 20)
+    normalized = variant_options(AffinityConfig(), "first_order:first_order.normalize=true")
+    assert normalized.first_order.normalize is True
+    for bad in ("oracle", "surrogate:l2", "surrogate:l2=-1", "surrogate:nothing=1"):
+        with pytest.raises(ConfigError, match="estimator variant"):
+            variant_options(AffinityConfig(), bad)

@@ -1,0 +1,80 @@
+"""The estimator of f̂(S, i) fanned out over Ray in fixed batches of subsets (results do not
+depend on the number of workers: each batch is the same batch on any worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from grouping.affinity.estimators import BaseModel, Estimator, EstimatorInputs, make_estimator
+from grouping.affinity.rows import GatheredRows, MappedRows, RowTable
+from grouping.artifacts import ShardStore
+from grouping.config import AffinityConfig, RayConfig
+from workers.progress import run_windowed
+from workers.runtime import share_device, single_node, usable_workers, worker_threads
+
+
+def _estimate_batch(estimator: Estimator, subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
+                    gradients: Any, base: BaseModel | None, prepared: Any, threads: int,
+                    device: str) -> np.ndarray:
+    torch.set_num_threads(threads)
+    return estimator.estimate(subsets, EstimatorInputs(rows, f0, gradients, base), prepared,
+                              device)
+
+
+def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
+                          gradients: np.ndarray, options: AffinityConfig,
+                          config: RayConfig, shards: ShardStore | None = None,
+                          base: BaseModel | None = None) -> np.ndarray:
+    """f̂(S, i) of ``affinity.estimator`` for every subset: [m, s]; ``base`` is needed by
+    estimators that train the base model (``Estimator.needs_base_model``).
+
+    What the estimator prepares for all subsets (the surrogate's curvature terms, the
+    first-order alignments, …) is computed once here, when a batch remains to be estimated,
+    and shared through the object store. Workers read only the gradient rows of their
+    subsets' tasks, and none when the estimator reads only what it prepared. With
+    ``shards``, each finished batch is saved at once and batches saved by an interrupted
+    attempt are read back, not estimated again."""
+    estimator = make_estimator(options)
+    if estimator.needs_base_model and base is None:
+        raise ValueError(f"the {estimator.name} estimator needs the base model")
+    remote = ray.remote(_estimate_batch).options(
+        num_cpus=config.num_cpus_per_worker, num_gpus=config.num_gpus_per_surrogate,
+        max_retries=config.max_retries)
+    device = share_device(config.num_gpus_per_surrogate)
+    shared_rows, shared_f0 = ray.put(rows), ray.put(np.asarray(f0))
+    mapped = (MappedRows(str(gradients.filename))
+              if isinstance(gradients, np.memmap) and single_node() else None)
+    threads = worker_threads(config.num_cpus_per_worker)
+    batches = [subsets[start:start + config.subsets_per_batch]
+               for start in range(0, len(subsets), config.subsets_per_batch)]
+    finished, on_result = {}, None
+    if shards is not None:
+        saved = {number: shards.load(number) for number in range(len(batches))}
+        finished = {number: arrays["losses"] for number, arrays in saved.items() if arrays}
+
+        def on_result(number: int, losses: np.ndarray) -> None:
+            shards.save(number, losses=losses)
+
+    inputs = EstimatorInputs(rows, f0, gradients, base)
+    prepared = ray.put(estimator.prepare(subsets, inputs) if len(finished) < len(batches)
+                       else None)
+    shared_base = ray.put(base if estimator.needs_base_model else None)
+
+    def submit(batch: np.ndarray) -> ray.ObjectRef:
+        """One batch of subsets. On one machine the workers map the gradient file and read
+        their subsets' rows; across machines each batch ships only its tasks' rows (read
+        from the memory map as the batch is submitted, a window of batches at a time)."""
+        if not estimator.reads_gradient_rows:
+            features = None
+        else:
+            features = mapped or GatheredRows.of_tasks(rows, batch, gradients)
+        return remote.remote(estimator, batch, shared_rows, shared_f0, features, shared_base,
+                             prepared, threads, device)
+
+    results = run_windowed(submit, batches, usable_workers(config), "subset estimates", finished,
+                           on_result)
+    return np.concatenate(results)
