@@ -298,7 +298,7 @@ class LookaheadConfig(_Strict):
     subset for ``epochs`` epochs at ``lr`` (null: the fine-tuning rate, true_affinity.lr or
     train.lr), f̂ the mean of the validation losses over ``seeds`` such runs."""
 
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(3, ge=1)
     seeds: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0)
 
@@ -318,6 +318,12 @@ class AffinityConfig(_Strict):
     those of S's other tasks (binary-label task sets only; no model); ``lookahead``, task
     i's validation loss after a short real fine-tuning of θ0 on S (``lookahead``).
 
+    Default ``lookahead`` with 3 epochs, chosen by measurement (README "Affinity
+    estimators"): against θ0 fine-tuned for 10 epochs it ranks a task's subsets at 0.59-0.81
+    of the truth's noise floor on sbm_100 and the four real task sets, where the surrogate
+    reaches −0.12-0.30; it costs about 3/10 of that truth per subset, so on task sets of
+    thousands of subsets on large graphs ``surrogate`` is the scalable choice.
+
     ``projection`` of the output gradients (grouping.affinity.kronecker): ``dense`` (a
     Gaussian block per parameter), ``kronecker`` (per linear layer P_out ⊗ P_in, never forming
     the per-example gradient; d_out·d_in ≤ projection_dim, the most balanced factors) or
@@ -329,7 +335,7 @@ class AffinityConfig(_Strict):
     """
 
     method: Literal["gradtag", "true"] = "gradtag"
-    estimator: EstimatorName = "surrogate"
+    estimator: EstimatorName = "lookahead"
     first_order: FirstOrderConfig = FirstOrderConfig()
     lookahead: LookaheadConfig = LookaheadConfig()
     projection: Literal["dense", "kronecker", "kronecker+dense"] = "dense"

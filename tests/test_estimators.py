@@ -96,7 +96,7 @@ def test_each_estimator_ranks_family_mates_above_strangers(name):
 def test_the_surrogate_estimator_is_the_batched_solver_unchanged():
     table = planted_table(1)
     subsets = np.array([[0, 1, 2], [0, 3, 6], [2, 4, 8], [1, 5, 7]])
-    options = AffinityConfig(l2=0.05)
+    options = AffinityConfig(estimator="surrogate", l2=0.05)
     direct = subset_losses(subsets, table.rows, table.f0, table.gradients, 0.05,
                            options.newton_iterations, options.tolerance)
     assert np.array_equal(_estimate(options, subsets, table), direct)

@@ -30,6 +30,7 @@ from workers.gradients import compute_gradient_features
 from workers.tuning import GroupJob, train_group_trials
 
 CONFIG = parse_config(small_sbm_config(
+    affinity={"estimator": "surrogate"},
     ray={"num_workers": 2, "chunk_rows": 128, "subsets_per_batch": 1, "max_retries": 3},
     group_training={"optimizers": ["adam"], "lrs": [1e-3]}))
 
@@ -106,7 +107,7 @@ def test_a_killed_surrogate_worker_is_retried_with_an_identical_affinity(inputs,
         return compute_subset_losses(subsets, rows, f0, projected, CONFIG.affinity, CONFIG.ray)
 
     calm = losses()
-    disturbed, _ = _disturbed("ray::_fit_batch", losses)
+    disturbed, _ = _disturbed("ray::_estimate_batch", losses)
     assert np.array_equal(disturbed, calm)
     assert np.array_equal(affinity_from_losses(subsets, disturbed, taskset.num_tasks),
                           affinity_from_losses(subsets, calm, taskset.num_tasks))

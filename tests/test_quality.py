@@ -122,7 +122,8 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
     path = tmp_path / "planted.yaml"
     path.write_text(yaml.safe_dump(data))
     settings = BenchmarkSettings(max_subsets=60, repeat_subsets=20, seeds=2, random_seeds=2,
-                                 single_task_max_tasks=0)
+                                 single_task_max_tasks=0,
+                                 variants=("surrogate", "first_order", "label_overlap"))
     figures = benchmark_config(path, tmp_path / "bench", settings)
     assert max(figures["ari_planted_oracle"].values()) >= 0.9
     rows = {row["grouping"]: row for row in figures["rows"]}
@@ -131,8 +132,16 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
     assert rows["estimated groups"]["n_seeds"] == 2
     assert rows["estimated groups"]["se_test_f1"] is not None
     assert rows["per-task logistic"]["se_test_f1"] == 0.0
-    estimator = figures["estimators"]["surrogate"]
-    assert estimator["noise_floor"] <= 1 and np.isfinite(estimator["within_task_spearman"])
+    assert figures["default_estimator"] == "lookahead"
+    assert set(figures["estimators"]) == {"lookahead", "surrogate", "first_order",
+                                          "label_overlap"}
+    for estimators in figures["estimators_by_truth"].values():
+        floors = {estimator["noise_floor"] for estimator in estimators.values()}
+        assert len(floors) == 1 and floors.pop() <= 1
+        for estimator in estimators.values():
+            assert np.isfinite(estimator["within_task_spearman"])
+            assert estimator["cost_ratio"] > 0
+    assert np.isnan(figures["estimators"]["first_order"]["mean_change"])
     assert figures["truth"]["protocol"] in ("from_scratch", "fine_tune")
     assert "standard errors" in figures["verdict"] or "single run" in figures["verdict"]
     assert markdown("planted", figures)[0] == "### planted"

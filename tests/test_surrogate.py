@@ -320,7 +320,7 @@ def test_every_batch_fits_as_the_driver_decided(ray_session):
     long, short = subsets[:4], subsets[4:]
     assert surrogate.preconditioned(long, rows, dim)
     assert not surrogate.preconditioned(subsets, rows, dim)
-    options = AffinityConfig(l2=0.1)
+    options = AffinityConfig(estimator="surrogate", l2=0.1)
     losses = compute_subset_losses(subsets, rows, f0, gradients, options,
                                    RayConfig(num_workers=2, subsets_per_batch=4))
     plain = [subset_losses(batch, rows, f0, gradients, 0.1, precondition=False)

@@ -47,6 +47,13 @@ def scorable_tasks(taskset: AnyTaskSet) -> np.ndarray:
     return taskset.labels[val].sum(0) > 0
 
 
+def true_wall_seconds(seconds: np.ndarray, num_subsets: int, num_workers: int) -> float:
+    """The wall time of truly training ``num_subsets`` subsets on the ``num_workers`` workers
+    the estimate's stages ran on: the median seconds of one trained subset, times the
+    subsets, over the workers (estimate and truth are then timed alike)."""
+    return float(np.median(seconds)) * num_subsets / max(1, num_workers)
+
+
 def against_truth(estimate: np.ndarray, true: dict[str, np.ndarray], scorable: np.ndarray,
                   predicts_losses: bool = True) -> dict:
     """:func:`error_report` of estimated losses [m, s] of all sampled subsets against the
@@ -89,10 +96,13 @@ class ErrorStage:
         report["estimator"] = self.config.affinity.estimator
         seconds = self.run.stage_seconds()
         num_subsets = len(estimated["subsets"])
-        report["estimate_seconds"] = seconds["gradients"] + seconds["estimates"]
+        estimator = ESTIMATORS[self.config.affinity.estimator]
+        report["estimate_seconds"] = seconds["estimates"] + (
+            seconds["gradients"] if estimator.uses_gradient_features else 0.0)
         report["estimate_seconds_with_base"] = report["estimate_seconds"] + seconds["base"]
         report["true_seconds_per_subset"] = float(np.median(true["seconds"]))
-        report["true_seconds_extrapolated"] = report["true_seconds_per_subset"] * num_subsets
+        report["true_seconds_extrapolated"] = true_wall_seconds(
+            true["seconds"], num_subsets, self.config.ray.num_workers)
         report["cost_ratio"] = report["estimate_seconds"] / report["true_seconds_extrapolated"]
         report["num_subsets"] = num_subsets
         report["flops"] = self.flops(estimated["subsets"], true["subsets"][0])
@@ -128,13 +138,14 @@ class ErrorStage:
         return errors
 
     def flops(self, subsets: np.ndarray, true_subset: np.ndarray) -> dict[str, float]:
-        """Counted FLOPs: gradient features per row, the estimator's preparation once and its
-        estimate per subset (measured on a sample and scaled to all rows and subsets)
-        against one true fine-tuning."""
-        sample = np.arange(min(256, len(self.rows.example)))
-        per_row = count_flops(lambda: self.computer(self.rows.example[sample],
-                                                    self.rows.task[sample])) / len(sample)
+        """Counted FLOPs: gradient features per row (for an estimator that uses them), the
+        estimator's preparation once and its estimate per subset (measured on a sample and
+        scaled to all rows and subsets) against one true fine-tuning."""
         estimator = make_estimator(self.config.affinity)
+        sample = np.arange(min(256, len(self.rows.example)))
+        per_row = (count_flops(lambda: self.computer(self.rows.example[sample],
+                                                     self.rows.task[sample])) / len(sample)
+                   if estimator.uses_gradient_features else 0.0)
         table = EstimatorInputs(self.rows, self.f0, self.gradients, BaseModel(
             self.taskset, self.spec, self.state, self.config.fine_tuning(), self.config.seed))
         prepared: list = []

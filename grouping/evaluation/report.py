@@ -123,15 +123,15 @@ def _error_section(run: Path, report: dict) -> list[str]:
                  f"{format_value(report['median_relative_error'])}"
                  if key is None else format_value(report[key]))
         lines.append(f"| {label} | {value} | {reading} |")
-    lines += [f"| estimate seconds (gradients + estimates) | {report['estimate_seconds']:.1f} "
+    lines += [f"| estimate seconds (the estimator's stages) | {report['estimate_seconds']:.1f} "
               f"| |",
-              f"| true training, extrapolated to all subsets | "
+              f"| true training of all subsets, on the same workers | "
               f"{report['true_seconds_extrapolated']:.1f} | |",
               f"| cost ratio | {report['cost_ratio']:.3f} | below 1: the estimate is cheaper "
               f"than true training |"]
     flops = report.get("flops")
     if flops:
-        lines += [f"| counted GFLOPs, estimate (gradients + estimates) | "
+        lines += [f"| counted GFLOPs, estimate (the estimator's stages) | "
                   f"{flops['estimate'] / 1e9:.2f} | |",
                   f"| counted GFLOPs, true training of all subsets | "
                   f"{flops['true_extrapolated'] / 1e9:.2f} | |",

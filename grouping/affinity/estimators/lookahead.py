@@ -25,7 +25,8 @@ SEED_OFFSET = 3
 
 
 class LookaheadEstimator(Estimator):
-    """Task i's validation loss after ``lookahead.epochs`` epochs of fine-tuning θ0 on S."""
+    """Task i's validation loss after ``lookahead.epochs`` epochs of fine-tuning θ0 on S (the
+    default estimator)."""
 
     name = "lookahead"
     cost = ("lookahead.epochs epochs of fine-tuning per subset: that fraction of the "
