@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configs = [load_config(path, arguments.set) for path in arguments.configs]
         for variant in arguments.estimators:
-            variant_options(configs[0].affinity, variant)
+            variant_options(configs[0], variant)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -227,10 +227,11 @@ def test_the_driver_exits_2_on_an_unknown_estimator(tmp_path):
 def test_benchmark_variants_are_parsed_and_checked():
     from workers.quality import variant_options
 
-    options = variant_options(AffinityConfig(), "surrogate:l2=0.01,newton_iterations=20")
+    config = parse_config(small_sbm_config())
+    options = variant_options(config, "surrogate:l2=0.01,newton_iterations=20")
     assert (options.estimator, options.l2, options.newton_iterations) == ("surrogate", 0.01, 20)
-    normalized = variant_options(AffinityConfig(), "first_order:first_order.normalize=true")
+    normalized = variant_options(config, "first_order:first_order.normalize=true")
     assert normalized.first_order.normalize is True
     for bad in ("oracle", "surrogate:l2", "surrogate:l2=-1", "surrogate:nothing=1"):
         with pytest.raises(ConfigError, match="estimator variant"):
-            variant_options(AffinityConfig(), bad)
+            variant_options(config, bad)

@@ -114,8 +114,7 @@ class Pipeline:
         if self.config.dmtg.enabled:
             self._check_dmtg_memory()
         estimator = ESTIMATORS[self.config.affinity.estimator]
-        if (self.grouping == "gradtag" and estimator.binary_labels_only
-                and not isinstance(self.taskset, TaskSet)):
+        if self.grouping == "gradtag" and not estimator.applies_to(self.taskset):
             raise ConfigError(f"affinity.estimator: {estimator.name} needs binary labels; "
                               "this task set has none (use surrogate or first_order)")
         if self.grouping == "gradtag" and isinstance(self.taskset, TaskSet):

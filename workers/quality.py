@@ -32,17 +32,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
 from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import subsets_for_coverage
 from grouping.artifacts import RunDirectory
-from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config
+from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config, parse_config
 from grouping.evaluation.comparison import format_value, gap, summarize_rows
 from grouping.evaluation.error_stage import against_truth, scorable_tasks, true_wall_seconds
 from grouping.models import spec_from_dict
-from grouping.tasksets import TaskSet, build_taskset
+from grouping.tasksets import AnyTaskSet
 from workers.estimates import compute_subset_losses
 from workers.pipeline import Pipeline
 
@@ -102,46 +100,35 @@ def overrides(config: RunConfig, settings: BenchmarkSettings, protocol: str) -> 
 
 
 def _run(config_path: Path, extra: list[str], settings: BenchmarkSettings, protocol: str,
-         directory: Path, resume: bool) -> tuple[RunConfig, float]:
+         directory: Path, resume: bool) -> tuple[RunConfig, float, AnyTaskSet]:
     plain = load_config(config_path, extra)
     config = load_config(config_path, [*extra, *overrides(plain, settings, protocol)])
     start = time.perf_counter()
-    Pipeline(config, RunDirectory(directory, resume), resume).execute(
-        "error_report" if settings.estimate_only else None)
-    return config, time.perf_counter() - start
+    pipeline = Pipeline(config, RunDirectory(directory, resume), resume)
+    pipeline.execute("error_report" if settings.estimate_only else None)
+    return config, time.perf_counter() - start, pipeline.taskset
 
 
-def variant_options(options: AffinityConfig, variant: str) -> AffinityConfig:
-    """The ``affinity`` section of an estimator variant ``NAME[:FIELD=VALUE,...]`` (values
-    in YAML; FIELD dotted for nested options such as ``first_order.normalize``)."""
+def variant_options(config: RunConfig, variant: str) -> AffinityConfig:
+    """The ``affinity`` section of an estimator variant ``NAME[:FIELD=VALUE,...]`` of
+    ``config``: each assignment a ``--set affinity.FIELD=VALUE`` (values in YAML; FIELD dotted
+    for nested options such as ``first_order.normalize``), validated as the config is."""
     name, _, assignments = variant.partition(":")
-    if name not in ESTIMATORS:
-        raise ConfigError(f"estimator variant {variant!r}: unknown estimator {name!r} "
-                          f"(known: {', '.join(ESTIMATORS)})")
-    data = options.model_dump()
-    data["estimator"] = name
-    for assignment in filter(None, assignments.split(",")):
-        key, equals, value = assignment.partition("=")
-        if not equals:
-            raise ConfigError(f"estimator variant {variant!r}: expected FIELD=VALUE, "
-                              f"found {assignment!r}")
-        *parents, leaf = key.strip().split(".")
-        target = data
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(value)
+    settings = [f"affinity.estimator={name}",
+                *(f"affinity.{assignment.strip()}"
+                  for assignment in assignments.split(",") if assignment.strip())]
     try:
-        return AffinityConfig.model_validate(data)
-    except ValueError as error:
+        return parse_config(config.model_dump(mode="json", exclude_unset=True), settings).affinity
+    except ConfigError as error:
         raise ConfigError(f"estimator variant {variant!r}: {error}") from None
 
 
-def variant_reports(run: RunDirectory, config: RunConfig, variants: tuple[str, ...]) -> dict:
+def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
+                    variants: tuple[str, ...]) -> dict:
     """Every applicable estimator variant on the run's gradient table and subsets against
     the run's truth: {variant: error-report figures with ``estimate_seconds`` (the gradient
     stage plus the variant's own estimate) and ``cost_ratio`` against training every
     subset}. Variants an estimator refuses for this task set are left out."""
-    taskset = build_taskset(config)
     rows = RowTable(**run.load_arrays("gradients/rows.npz"))
     f0 = run.load_array("gradients/f0.npy")
     gradients = run.load_array("gradients/features.npy", mmap=True)
@@ -155,9 +142,9 @@ def variant_reports(run: RunDirectory, config: RunConfig, variants: tuple[str, .
                      config.fine_tuning(), config.seed)
     out = {}
     for variant in variants:
-        options = variant_options(config.affinity, variant)
+        options = variant_options(config, variant)
         estimator = ESTIMATORS[options.estimator]
-        if estimator.binary_labels_only and not isinstance(taskset, TaskSet):
+        if not estimator.applies_to(taskset):
             continue
         # Untimed: one subset per worker, so that the timed call finds them started.
         warm = config.ray.model_copy(update={"subsets_per_batch": 1})
@@ -205,22 +192,23 @@ def _row(line: dict, name: str) -> dict:
 
 
 def _execute_runs(config_path: Path, workdir: Path, settings: BenchmarkSettings,
-                  extra: list[str]) -> tuple[RunConfig, dict[str, float]]:
-    """The run of each protocol; a later protocol starts from a hard-linked copy of the
-    first one's directory, so that base model, gradients and estimate are shared."""
-    seconds, first, config = {}, None, None
+                  extra: list[str]) -> tuple[RunConfig, dict[str, float], AnyTaskSet]:
+    """The run of each protocol, the first run's config and task set; a later protocol starts
+    from a hard-linked copy of the first one's directory, so that base model, gradients and
+    estimate are shared."""
+    seconds, first, config, taskset = {}, None, None, None
     for protocol in settings.protocols:
         directory = workdir / protocol
         if first is not None and not directory.is_dir():
             # Hard links: every artifact is replaced by rename when rewritten, never in place.
             shutil.copytree(first, directory, ignore=shutil.ignore_patterns("tune"),
                             copy_function=os.link)
-        run_config, seconds[f"{protocol}_run"] = _run(
+        run_config, seconds[f"{protocol}_run"], run_taskset = _run(
             config_path, list(extra), settings, protocol, directory,
             (directory / "manifest.json").is_file())
-        config = config or run_config
+        config, taskset = config or run_config, taskset or run_taskset
         first = first or directory
-    return config, seconds
+    return config, seconds, taskset
 
 
 def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettings,
@@ -239,7 +227,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     ``estimate_only``); ``oracle_beats_random`` {protocol: bool}; ``verdicts`` {question:
     sentence} and ``verdict`` (the estimated groups against random groups); ARIs against
     planted families and between estimated and oracle groups; wall ``seconds``."""
-    config, seconds = _execute_runs(config_path, workdir, settings, list(extra))
+    config, seconds, taskset = _execute_runs(config_path, workdir, settings, list(extra))
     protocols = settings.protocols
     runs = {protocol: RunDirectory(workdir / protocol, True) for protocol in protocols}
     default = config.affinity.estimator
@@ -247,12 +235,11 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     for protocol, run in runs.items():
         report = run.read_json("error_report.json")
         start = time.perf_counter()
-        variants = variant_reports(run, config, settings.variants)
+        variants = variant_reports(run, config, taskset, settings.variants)
         seconds[f"{protocol}_variants"] = time.perf_counter() - start
         # The default's figures from its run among the variants (timed on started workers,
         # as the others are), with the run's counted FLOP ratio.
-        by_truth[protocol] = {default: {**_estimator_figures(report),
-                                        **_estimator_figures(variants.pop(default, report)),
+        by_truth[protocol] = {default: {**_estimator_figures(variants.pop(default, report)),
                                         "flop_ratio": _estimator_figures(report)["flop_ratio"]}}
         by_truth[protocol].update((variant, _estimator_figures(figure))
                                   for variant, figure in variants.items())

@@ -91,12 +91,12 @@ class ErrorStage:
         true = self.run.load_arrays("true_losses.npz")
         estimated = self.run.load_arrays("subset_losses.npz")
         has_positive = scorable_tasks(self.taskset)
+        estimator = ESTIMATORS[self.config.affinity.estimator]
         report = against_truth(estimated["losses"], true, has_positive,
-                               ESTIMATORS[self.config.affinity.estimator].predicts_losses)
-        report["estimator"] = self.config.affinity.estimator
+                               estimator.predicts_losses)
+        report["estimator"] = estimator.name
         seconds = self.run.stage_seconds()
         num_subsets = len(estimated["subsets"])
-        estimator = ESTIMATORS[self.config.affinity.estimator]
         report["estimate_seconds"] = seconds["estimates"] + (
             seconds["gradients"] if estimator.uses_gradient_features else 0.0)
         report["estimate_seconds_with_base"] = report["estimate_seconds"] + seconds["base"]

@@ -22,7 +22,7 @@ import torch
 from grouping.affinity.rows import RowTable
 from grouping.config import AffinityConfig, TrainConfig
 from grouping.models import Spec
-from grouping.tasksets import TRAIN, VAL, AnyTaskSet
+from grouping.tasksets import TRAIN, VAL, AnyTaskSet, TaskSet
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,11 @@ class Estimator(ABC):
 
     def __init__(self, options: AffinityConfig) -> None:
         self.options = options
+
+    @classmethod
+    def applies_to(cls, taskset: AnyTaskSet) -> bool:
+        """Whether the estimator can run on ``taskset`` (binary labels where it needs them)."""
+        return not cls.binary_labels_only or isinstance(taskset, TaskSet)
 
     def prepare(self, subsets: np.ndarray, table: EstimatorInputs) -> Any:
         """Whatever every batch shares, computed once for all ``subsets`` [m, s] (None by
