@@ -201,12 +201,22 @@ class FeaturesConfig(_Strict):
 class ModelConfig(_Strict):
     """SIGN-MLP: an MLP trunk over propagated features, one logit head per task; ``skip``
     adds a per-task linear map from the input features to each head's logit (so the model
-    contains one logistic regression per task). The default ``skip: true`` is measured
-    (``scripts/bench_models.py``, README "Model options")."""
+    contains one logistic regression per task); ``skip_init`` starts that skip at random
+    (``random``) or at each task's logistic regression (``linear``; ``linear_fixed`` keeps the
+    skip there and trains the rest; ignored without the skip).
+    The defaults are measured (``scripts/bench_models.py``, README "Model options")."""
 
     hidden: list[Annotated[int, Field(ge=1)]] = [8, 8]
     dropout: float = Field(0.0, ge=0, lt=1)
     skip: bool = True
+    skip_init: Literal["random", "linear", "linear_fixed"] = "linear"
+
+    @property
+    def linear_start(self) -> bool:
+        """Whether models start from the per-task logistic regression (``skip_init: linear``
+        or ``linear_fixed``, with the skip on): skip and head biases at its solution, the
+        heads' trunk weights at zero (grouping.models.per_task_linear)."""
+        return self.skip and self.skip_init != "random"
 
 
 class LoRAConfig(_Strict):

@@ -65,6 +65,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits, gumbel_softmax
 from grouping.config import DMTGConfig, PositiveWeighting, TrainConfig
 from grouping.evaluation.metrics import task_metrics
 from grouping.models import ModelSpec, build_model
+from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import TRAIN, VAL, TaskSet
 from grouping.training import positive_weights, predict, train_model
 
@@ -80,23 +81,25 @@ class BranchedMLP(nn.Module):
     it picks) is added to every branch's logits."""
 
     def __init__(self, trunks: Sequence[nn.Module], weight: torch.Tensor,
-                 bias: torch.Tensor, skip: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor, skip: torch.Tensor | None = None,
+                 trainable_skip: bool = True) -> None:
         super().__init__()
         self.trunks = nn.ModuleList(trunks)
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
-        self.skip = None if skip is None else nn.Parameter(skip)
+        self.skip = None if skip is None else nn.Parameter(skip, requires_grad=trainable_skip)
 
     @classmethod
-    def build(cls, spec: ModelSpec, num_branches: int, seed: int) -> BranchedMLP:
-        """K branches, branch k initialised as ``build_model(spec, seed_k)`` with seeds drawn
-        from ``seed``; ``spec.num_heads`` is the number of tasks N."""
+    def build(cls, spec: ModelSpec, num_branches: int, seed: int,
+              linear: PerTaskLinear | None = None) -> BranchedMLP:
+        """K branches, branch k initialised as ``build_model(spec, seed_k, linear)`` with seeds
+        drawn from ``seed``; ``spec.num_heads`` is the number of tasks N."""
         seeds = np.random.SeedSequence(seed).generate_state(num_branches)
-        models = [build_model(spec, int(branch_seed)) for branch_seed in seeds]
+        models = [build_model(spec, int(branch_seed), linear) for branch_seed in seeds]
         weight = torch.stack([model.heads.weight.detach().T for model in models])
         bias = torch.stack([model.heads.bias.detach() for model in models])
         skip = None if models[0].skip is None else models[0].skip.weight.detach().T.clone()
-        return cls([model.trunk for model in models], weight, bias, skip)
+        return cls([model.trunk for model in models], weight, bias, skip, spec.skip_trainable)
 
     @property
     def num_branches(self) -> int:
@@ -112,7 +115,8 @@ class BranchedMLP(nn.Module):
         index = torch.as_tensor(list(branches), device=self.weight.device)
         return BranchedMLP([copy.deepcopy(self.trunks[k]) for k in branches],
                            self.weight.detach()[index].clone(), self.bias.detach()[index].clone(),
-                           None if self.skip is None else self.skip.detach().clone())
+                           None if self.skip is None else self.skip.detach().clone(),
+                           self.skip is None or self.skip.requires_grad)
 
 
 class SelectedHeads(nn.Module):
@@ -314,9 +318,11 @@ def _search(model: BranchedMLP, branch_logits: nn.Parameter, data: _Data, train:
 
 
 def search_groups(taskset: TaskSet, spec: ModelSpec, num_groups: int, train: TrainConfig,
-                  dmtg: DMTGConfig, seed: int, device: torch.device) -> DMTGResult:
+                  dmtg: DMTGConfig, seed: int, device: torch.device,
+                  linear: PerTaskLinear | None = None) -> DMTGResult:
     """Run the DMTG search with K = ``num_groups`` branches, read off the groups, fine-tune
-    the selected heads, and evaluate them on the test split.
+    the selected heads, and evaluate them on the test split. With ``linear`` every branch
+    starts from the per-task regressions (:func:`grouping.models.sign_mlp.build_model`).
 
     ``spec`` gives the trunk (in_dim, hidden, dropout); its ``num_heads`` is replaced by the
     number of tasks. Deterministic given ``seed`` on a given device: all randomness (branch
@@ -337,7 +343,7 @@ def search_groups(taskset: TaskSet, spec: ModelSpec, num_groups: int, train: Tra
     with torch.random.fork_rng(devices=forked):
         torch.manual_seed(seed)
         data = _Data.of(taskset, device, train.pos_weight)
-        model = BranchedMLP.build(spec, num_groups, seed).to(device)
+        model = BranchedMLP.build(spec, num_groups, seed, linear).to(device)
         branch_logits = nn.Parameter(torch.zeros(num_tasks, num_groups, device=device))
 
         start = time.perf_counter()

@@ -130,7 +130,7 @@ def make_step(model: nn.Module, name: OptimizerName, config: TrainConfig,
         return adam_step
     shared = list(model.trunk.parameters())
     specific = [param for param_name, param in model.named_parameters()
-                if not param_name.startswith("trunk.")]
+                if not param_name.startswith("trunk.") and param.requires_grad]
     adatask = ADATASK_OPTIMIZERS[name]([{"params": shared}, {"params": specific,
                                                               "shared": False}],
                                        lr=config.lr, weight_decay=config.weight_decay,

@@ -86,16 +86,21 @@ def bench_config(path: Path, variants: list[tuple[str, list[str]]], arguments) -
     from grouping.evaluation.comparison import gap
     from grouping.evaluation.linear_baseline import per_task_linear
     from grouping.group_models import train_group
+    from grouping.models.per_task_linear import fit_per_task_linear
     from grouping.tasksets import build_taskset
 
     base = load_config(path, arguments.set)
     taskset = build_taskset(base)
-    rows = [_row("per_task_linear", [per_task_linear(taskset)], [None])]
+    start = time.perf_counter()
+    linear = fit_per_task_linear(taskset)
+    rows = [_row("per_task_linear", [per_task_linear(taskset, fit=linear,
+                                                     fit_seconds=time.perf_counter() - start)],
+                 [None])]
     for name, assignments in variants:
         config = load_config(path, [*arguments.set, *assignments])
         seeds = [arguments.seed + offset for offset in range(arguments.seeds)]
         runs = [train_group(taskset, list(range(taskset.num_tasks)), config.model,
-                            config.train, seed, torch.device(arguments.device))
+                            config.train, seed, torch.device(arguments.device), linear=linear)
                 for seed in seeds]
         rows.append(_row(name, runs, seeds))
         print(f"{path.stem} {name}: AP {rows[-1]['mean_test_ap']:.3f}, "

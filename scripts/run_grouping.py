@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # The installed project: `ray submit` runs a copy of this script outside the project tree.
 PROJECT = Path(grouping.__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT / "configs" / "quickstart.yaml"
-STAGES = ("base", "gradients", "estimates", "true_subsets", "affinity", "true_affinity",
+STAGES = ("linear", "base", "gradients", "estimates", "true_subsets", "affinity", "true_affinity",
           "groups", "error_report", "dmtg", "comparison")
 
 

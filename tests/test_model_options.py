@@ -1,6 +1,6 @@
 """Model and training options for rare labels: positive weighting, early stopping on mean
-validation AP, the per-task linear skip; and the per-task logistic-regression baseline's use of
-the splits."""
+validation AP, the per-task linear skip and its start at the per-task logistic regression;
+and the per-task logistic-regression baseline's use of the splits."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import torch
 from conftest import small_sbm_config
 from sklearn.metrics import average_precision_score
 
-import grouping.evaluation.linear_baseline as linear_baseline
+import grouping.models.per_task_linear as per_task_linear_module
 from grouping.config import parse_config
 from grouping.evaluation.linear_baseline import per_task_linear
-from grouping.models import ModelSpec, build_model
+from grouping.group_models import train_group
+from grouping.models import ModelSpec, build_model, restore
+from grouping.models.per_task_linear import PerTaskLinear, fit_per_task_linear
 from grouping.tasksets import TEST, VAL, build_taskset
 from grouping.training import (
     _loss,
@@ -110,6 +112,92 @@ def test_the_skip_path_with_a_zeroed_trunk_is_one_linear_model_per_task():
     assert model.skip is not None and no_skip.skip is None
 
 
+def test_a_linear_start_makes_the_untrained_model_the_per_task_logistic_regression():
+    _, taskset = _planted()
+    tasks = np.array([3, 0, 5])
+    linear = fit_per_task_linear(taskset, tasks)
+    spec = ModelSpec(taskset.features.shape[1], (5, 4), len(tasks), skip=True)
+    model = build_model(spec, seed=2, linear=linear)
+    expected = linear.logits(taskset.features)
+    assert np.allclose(predict(model, torch.from_numpy(taskset.features)).numpy(), expected,
+                       atol=1e-4)
+    # The trunk keeps its seeded random initialisation: only the heads and the skip moved.
+    random = build_model(spec, seed=2)
+    for name, value in random.trunk.state_dict().items():
+        assert torch.equal(model.trunk.state_dict()[name], value), name
+    assert not model.heads.weight.detach().any()
+    with pytest.raises(ValueError, match="skip"):
+        build_model(ModelSpec(spec.in_dim, (5, 4), len(tasks)), seed=2, linear=linear)
+    with pytest.raises(ValueError, match="one regression per head"):
+        build_model(ModelSpec(spec.in_dim, (5, 4), 2, skip=True), seed=2, linear=linear)
+
+
+def test_a_fixed_linear_start_trains_everything_but_the_skip():
+    config, taskset = _planted(early_stopping="val_ap", max_epochs=3)
+    model_config = config.model.model_copy(update={"skip": True, "skip_init": "linear_fixed"})
+    assert model_config.linear_start
+    tasks = [1, 4]
+    linear = fit_per_task_linear(taskset)
+    spec = ModelSpec.from_config(model_config, taskset.features.shape[1], len(tasks))
+    assert not spec.skip_trainable
+    with pytest.raises(ValueError, match="fixed skip"):
+        build_model(spec, seed=0)
+    model = build_model(spec, 0, linear.select(tasks))
+    started = copy.deepcopy(model.state_dict())
+    train_model(model, taskset, np.asarray(tasks), config.train, 0, CPU, keep_best=False)
+    assert torch.equal(model.skip.weight, started["skip.weight"])
+    for name in ("trunk.0.weight", "heads.weight", "heads.bias"):
+        assert not torch.equal(model.state_dict()[name], started[name]), name
+    result = train_group(taskset, tasks, model_config, config.train, 0, CPU, linear=linear)
+    assert not restore(result["spec"], result["state"]).skip.weight.requires_grad
+    assert np.allclose(result["state"]["skip.weight"].numpy(), linear.select(tasks).weights,
+                       atol=1e-6)
+
+
+def test_per_task_regressions_do_not_depend_on_how_tasks_are_chunked():
+    _, taskset = _planted()
+    whole = fit_per_task_linear(taskset, np.arange(6))
+    chunked = PerTaskLinear.concatenate([fit_per_task_linear(taskset, np.arange(0, 4)),
+                                         fit_per_task_linear(taskset, np.arange(4, 6))])
+    for name, value in whole.as_arrays().items():
+        assert np.array_equal(value, getattr(chunked, name)), name
+    picked = whole.select([4, 1])
+    assert np.array_equal(picked.weights, whole.weights[[4, 1]])
+    assert np.array_equal(picked.intercepts, whole.intercepts[[4, 1]])
+
+
+def test_a_task_with_one_training_class_gets_a_constant_logit():
+    _, taskset = _planted()
+    empty = copy.deepcopy(taskset)
+    empty.labels[:, 0] = 0
+    linear = fit_per_task_linear(empty, np.array([0, 1]))
+    assert not linear.weights[0].any() and linear.intercepts[0] < -5
+    assert np.isnan(linear.inverse_l2[0]) and not np.isnan(linear.inverse_l2[1])
+    assert per_task_linear(empty, np.array([0, 1]), fit=linear)["inverse_l2"][0] is None
+
+
+def test_a_group_model_with_a_linear_start_is_no_worse_on_validation_than_the_regressions():
+    config, taskset = _planted(early_stopping="val_ap", pos_weight="sqrt")
+    tasks = [2, 7, 11]
+    linear = fit_per_task_linear(taskset)
+    model_config = config.model.model_copy(update={"skip": True})
+    started = train_group(taskset, tasks, model_config, config.train, 0, CPU, linear=linear)
+    val = taskset.indices(VAL)
+    regression_logits = linear.select(tasks).logits(taskset.features[val])
+    regression_criterion = 1 - mean_average_precision(
+        torch.from_numpy(regression_logits), torch.from_numpy(
+            taskset.labels[val][:, tasks].astype(np.float64)))
+    # Epoch 0 is the regressions (up to float32), and the best epoch is kept.
+    assert started["best_criterion"] <= regression_criterion + 1e-6
+    # Random start and a config without the skip ignore the regressions.
+    random_config = model_config.model_copy(update={"skip_init": "random"})
+    assert not random_config.linear_start and not config.model.linear_start
+    ignored = train_group(taskset, tasks, random_config, config.train, 0, CPU, linear=linear)
+    plain = train_group(taskset, tasks, random_config, config.train, 0, CPU)
+    assert ignored["best_criterion"] == plain["best_criterion"]
+    assert started["best_criterion"] != plain["best_criterion"]
+
+
 def test_the_linear_baseline_fits_on_training_rows_and_thresholds_on_validation_rows(
         monkeypatch):
     _, taskset = _planted()
@@ -122,7 +210,7 @@ def test_the_linear_baseline_fits_on_training_rows_and_thresholds_on_validation_
     assert per_task_linear(test_flipped, tasks)["inverse_l2"] == reference["inverse_l2"]
     # Validation labels choose C and the threshold only: with one C, flipping them leaves the
     # fitted scores (so the test AP) unchanged and moves the F1 threshold.
-    monkeypatch.setattr(linear_baseline, "INVERSE_L2_GRID", (1.0,))
+    monkeypatch.setattr(per_task_linear_module, "INVERSE_L2_GRID", (1.0,))
     val_flipped = copy.deepcopy(taskset)
     val_flipped.labels[taskset.indices(VAL)] = 1 - val_flipped.labels[taskset.indices(VAL)]
     fixed, flipped = per_task_linear(taskset, tasks), per_task_linear(val_flipped, tasks)
@@ -146,8 +234,8 @@ def test_the_model_options_benchmark_compares_variants_with_the_linear_baseline(
     path = tmp_path / "planted.yaml"
     path.write_text(yaml.safe_dump(small_sbm_config(train={"max_epochs": 15, "patience": 5})))
     variants = [bench_models.parse_variant("plain="),
-                bench_models.parse_variant("options=model.skip=true;train.pos_weight=sqrt;"
-                                           "train.early_stopping=val_ap")]
+                bench_models.parse_variant("options=model.skip=true;model.skip_init=random;"
+                                           "train.pos_weight=sqrt;train.early_stopping=val_ap")]
     arguments = argparse.Namespace(set=[], seed=0, seeds=2, device="cpu")
     figures = bench_models.bench_config(path, variants, arguments)
     linear, plain, default = figures["rows"]

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import small_sbm_config
 
 from grouping.artifacts import RunDirectory
 from grouping.config import ConfigError, parse_config
+from grouping.models.per_task_linear import PerTaskLinear, fit_per_task_linear
+from grouping.tasksets import VAL, build_taskset
+from grouping.training import mean_average_precision
 from workers.pipeline import Pipeline
 
 TRUE_AFFINITY = {"enabled": True, "num_subsets": 12, "all_subsets": True}
@@ -54,7 +58,7 @@ def test_run_directory_holds_every_artifact(finished):
                             "worst_test_f1", "mean_test_ap", "seconds"}
         assert 0 <= row["worst_test_f1"] <= row["mean_test_f1"] <= 1
     manifest = json.loads(finished.file("manifest.json").read_text())
-    assert set(manifest["stages"]) == {"base", "gradients", "estimates", "affinity",
+    assert set(manifest["stages"]) == {"linear", "base", "gradients", "estimates", "affinity",
                                        "true_affinity", "error_report", "groups", "dmtg",
                                        "comparison"}
     summary = finished.read_json("summary.json")
@@ -252,3 +256,29 @@ def test_dominance_is_tracked_on_models_up_to_the_limit(tmp_path, limit, tracked
     config = parse_config(small_sbm_config(group_training={"dominance_max_tasks": limit}))
     pipeline = Pipeline(config, RunDirectory(tmp_path / "run", resume=False), resume=False)
     assert [pipeline._tracks_dominance(list(range(size))) for size in (5, 6)] == tracked
+
+
+def test_the_linear_stage_is_the_start_of_every_model_and_the_compared_baseline(
+        ray_session, tmp_path):
+    config = parse_config(small_sbm_config(model={"skip": True}, train={"max_epochs": 10}))
+    assert config.model.linear_start
+    run = RunDirectory(tmp_path / "linear", False)
+    Pipeline(config, run, False).execute(until="base")
+    linear = PerTaskLinear(**run.load_arrays("linear_model.npz"))
+    direct = fit_per_task_linear(build_taskset(config))
+    assert np.array_equal(linear.weights, direct.weights)
+    assert len(run.read_json("per_task_linear.json")["tasks"]) == 24
+    # The base model's best validation criterion is no worse than its start, the regressions.
+    metrics = run.read_json("base_metrics.json")
+    taskset = build_taskset(config)
+    val = taskset.indices(VAL)
+    start_criterion = 1 - mean_average_precision(
+        torch.from_numpy(linear.logits(taskset.features[val])),
+        torch.from_numpy(taskset.labels[val].astype(np.float64)))
+    assert metrics["best_criterion"] <= start_criterion + 1e-6
+    # A random start does not run the stage unless the baseline row is compared.
+    random = parse_config(small_sbm_config(model={"skip": True, "skip_init": "random"},
+                                           groups={"per_task_linear": False}))
+    stages = [stage[0] for stage in Pipeline(random, RunDirectory(tmp_path / "random", False),
+                                             False, taskset)._stages()]
+    assert "linear" not in stages and stages[0] == "base"

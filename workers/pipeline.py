@@ -32,24 +32,28 @@ from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.linear_baseline import per_task_linear
 from grouping.evaluation.report import write_report
 from grouping.evaluation.verdict import grouping_label, verdict
-from grouping.models import ModelSpec, Spec, build_model, restore, spec_from_dict, spec_to_dict
+from grouping.models import ModelSpec, SignMLP, Spec, restore, spec_from_dict, spec_to_dict
+from grouping.models.per_task_linear import PerTaskLinear
 from grouping.resources import check_needs, estimation_needs
 from grouping.tasksets import AnyTaskSet, TaskSet, build_taskset
 from workers.console import say
 from workers.dmtg import run_dmtg
 from workers.estimates import compute_subset_losses
 from workers.gradients import compute_gradient_features
+from workers.linear import fit_linear
 from workers.training import train_groups
 from workers.true_affinity import fine_tune_subsets
 from workers.tuning import GroupJob, train_group_trials
 
-BASE_SECTIONS = ("seed", "taskset", "features", "model", "language_model", "train")
+LINEAR_SECTIONS = ("seed", "taskset", "features")
+BASE_SECTIONS = (*LINEAR_SECTIONS, "model", "language_model", "train")
 ESTIMATE_SECTIONS = (*BASE_SECTIONS, "affinity")
 TRUE_SECTIONS = (*ESTIMATE_SECTIONS, "true_affinity")
 
 
 class Pipeline:
-    """One run: the task set, then the stages base → gradients → estimates (or true
+    """One run: the task set, then the stages [linear: one logistic regression per task] →
+    base → gradients → estimates (or true
     fine-tuning of every subset with ``affinity.method: true``) → affinity → [true affinity]
     → groups → [error report] → comparison → report, each skipped on ``--resume`` when
     already current."""
@@ -118,8 +122,8 @@ class Pipeline:
             raise ConfigError(f"affinity.estimator: {estimator.name} needs binary labels; "
                               "this task set has none (use surrogate or first_order)")
         if self.grouping == "gradtag" and isinstance(self.taskset, TaskSet):
-            parameters = sum(param.numel() for param in build_model(
-                self._model_spec(), self.config.seed).parameters() if param.requires_grad)
+            parameters = sum(param.numel() for param in SignMLP(self._model_spec()).parameters()
+                             if param.requires_grad)
             check_needs(estimation_needs(self.config, self.taskset, parameters), self.run.path,
                         self.config.ray.worker_memory_gib, self.config.ray.num_workers)
         self.checked = True
@@ -144,7 +148,11 @@ class Pipeline:
         """(name, config sections its inputs depend on, files it writes, its function) of
         every stage this config runs, in order."""
         losses = ["subset_losses.npz", "subset_losses.csv"]
-        stages = [("base", BASE_SECTIONS, ["base_model.pt", "base_metrics.json"], self._base)]
+        stages = []
+        if self._fits_linear():
+            stages.append(("linear", LINEAR_SECTIONS, ["linear_model.npz", "per_task_linear.json"],
+                           self._linear))
+        stages.append(("base", BASE_SECTIONS, ["base_model.pt", "base_metrics.json"], self._base))
         if self.grouping == "gradtag":
             stages += [("gradients", ESTIMATE_SECTIONS, ["gradients/rows.npz", "gradients/f0.npy",
                                                          "gradients/features.npy"],
@@ -168,9 +176,30 @@ class Pipeline:
                        ["comparison.json", "task_metrics.json"], self._comparison))
         return stages
 
+    def _fits_linear(self) -> bool:
+        """Whether this run fits one logistic regression per task: binary-label task sets,
+        when models start from it or it is a compared row."""
+        return isinstance(self.taskset, TaskSet) and (
+            self.config.model.linear_start or self.config.groups.per_task_linear)
+
+    def _linear(self) -> None:
+        start = time.perf_counter()
+        fit = fit_linear(self.taskset, self.config)
+        seconds = time.perf_counter() - start
+        self.run.save_arrays("linear_model.npz", **fit.as_arrays())
+        self.run.write_json("per_task_linear.json", per_task_linear(
+            self.taskset, fit=fit, fit_seconds=seconds))
+
+    def _linear_start(self) -> PerTaskLinear | None:
+        """The per-task regressions every binary-label model of this run starts from
+        (``model.skip_init: linear``), or None."""
+        if not (self._fits_linear() and self.config.model.linear_start):
+            return None
+        return PerTaskLinear(**self.run.load_arrays("linear_model.npz"))
+
     def _base(self) -> None:
         (result,) = train_groups(self.taskset, [list(range(self.taskset.num_tasks))],
-                                 self.config, "base model")
+                                 self.config, "base model", self._linear_start())
         self.run.save_torch("base_model.pt", {"spec": spec_to_dict(result["spec"]),
                                               "state": result["state"]})
         self.run.write_json("base_metrics.json", {key: result[key] for key in (
@@ -248,7 +277,7 @@ class Pipeline:
         digest = hashlib.sha256(repr(tuning).encode()).hexdigest()[:16]
         trials = (self.run, f"true_trials/{digest}")
         return fine_tune_subsets(self.taskset, spec, state, subsets, self.config, seed,
-                                 description, trials)
+                                 description, trials, self._linear_start())
 
     def _true_subsets(self) -> None:
         subsets = self._subsets()
@@ -355,7 +384,7 @@ class Pipeline:
         """DMTG once per initialisation seed of the comparison (its groups may differ)."""
         groups = self.run.read_json("groups.json")["num_groups"]
         runs = run_dmtg(self.taskset, self._model_spec(), self._dmtg_branches(groups),
-                        self.config, self._init_seeds())
+                        self.config, self._init_seeds(), self._linear_start())
         self.run.write_json("dmtg.json", {"runs": runs})
 
     def _init_seeds(self) -> list[int]:
@@ -409,17 +438,11 @@ class Pipeline:
             name = hashlib.sha256(repr([keys[number] for number in missing]).encode())
             results = train_group_trials(self.taskset, [jobs[number] for number in missing],
                                          self.config, self.run.tune_storage(),
-                                         f"groups-{name.hexdigest()[:16]}", "group models")
+                                         f"groups-{name.hexdigest()[:16]}", "group models",
+                                         self._linear_start())
             for number, result in zip(missing, results):
                 self.run.save_torch(keys[number], result)
         return [self.run.load_torch(key) for key in keys]
-
-    def _per_task_linear(self) -> dict:
-        """The per-task logistic-regression baseline, kept like a trained group model."""
-        key = f"baselines/per_task_linear-{self.config.digest(*BASE_SECTIONS)}.json"
-        if not self.run.file(key).is_file():
-            self.run.write_json(key, per_task_linear(self.taskset))
-        return self.run.read_json(key)
 
     def _comparison(self) -> None:
         plans = self._plans(self.run.read_json("groups.json"))
@@ -454,7 +477,7 @@ class Pipeline:
                         "optimizer": optimizer, "lr": result["lr"],
                         "spec": result["spec"], "state": result["state"]})
         if self.config.groups.per_task_linear and isinstance(self.taskset, TaskSet):
-            linear = self._per_task_linear()
+            linear = self.run.read_json("per_task_linear.json")
             plan = Plan("per_task_linear", [[task] for task in range(self.taskset.num_tasks)])
             rows.append(comparison_row(plan, [linear], "lbfgs", None))
             per_task["per_task_linear"] = linear["tasks"]

@@ -13,18 +13,19 @@ from grouping.affinity.true_affinity import fine_tune_subset, train_subset_from_
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
 from grouping.models import Spec, restore
+from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import AnyTaskSet
 from grouping.training import resolve_device
 from workers.progress import run_windowed
 from workers.runtime import usable_workers, worker_threads
 
 
-def _fine_tune(taskset: AnyTaskSet, spec: Spec, state: dict, subset: np.ndarray,
-               config: RunConfig, seed: int) -> dict:
+def _fine_tune(taskset: AnyTaskSet, spec: Spec, state: dict, linear: PerTaskLinear | None,
+               subset: np.ndarray, config: RunConfig, seed: int) -> dict:
     torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
     device = resolve_device(config.device)
     if config.true_affinity.protocol == "from_scratch":
-        return train_subset_from_scratch(taskset, subset, config, seed, device)
+        return train_subset_from_scratch(taskset, subset, config, seed, device, linear)
     base = restore(spec, state)
     return fine_tune_subset(base.to(device), spec, taskset, subset, config.fine_tuning(),
                             config.true_affinity.epochs, seed, device)
@@ -32,9 +33,11 @@ def _fine_tune(taskset: AnyTaskSet, spec: Spec, state: dict, subset: np.ndarray,
 
 def fine_tune_subsets(taskset: AnyTaskSet, spec: Spec, state: dict, subsets: np.ndarray,
                       config: RunConfig, seed: int, description: str,
-                      trials: tuple[RunDirectory, str] | None = None) -> list[dict]:
+                      trials: tuple[RunDirectory, str] | None = None,
+                      linear: PerTaskLinear | None = None) -> list[dict]:
     """f(S, i) for every subset (one Ray task each, under ``true_affinity.protocol``), in
-    subset order.
+    subset order; ``linear``: the per-task regressions from-scratch models start from
+    (``model.skip_init``).
 
     With ``trials`` (a run directory and a folder in it), each finished trial is written
     there at once, and trials already there from an interrupted attempt are read back instead
@@ -43,7 +46,7 @@ def fine_tune_subsets(taskset: AnyTaskSet, spec: Spec, state: dict, subsets: np.
     remote = ray.remote(_fine_tune).options(
         num_cpus=config.ray.num_cpus_per_worker, num_gpus=config.ray.num_gpus_per_worker,
         max_retries=config.ray.max_retries)
-    shared = [ray.put(value) for value in (taskset, spec, state)]
+    shared = [ray.put(value) for value in (taskset, spec, state, linear)]
 
     def trial_file(position: int) -> str:
         subset = "-".join(str(task) for task in subsets[position])

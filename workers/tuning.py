@@ -16,6 +16,7 @@ from tqdm import tqdm
 from grouping.config import RunConfig
 from grouping.group_models import train_any_group
 from grouping.models import spec_to_dict
+from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import AnyTaskSet
 from grouping.training import resolve_device
 from workers.console import bar_stream
@@ -35,14 +36,15 @@ class GroupJob:
     seed: int | None = None
 
 
-def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunConfig) -> None:
+def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunConfig,
+           linear: PerTaskLinear | None) -> None:
     """Tune trainable: train one job at one learning rate; report the best validation loss
     with a checkpoint holding the trained model and its test metrics."""
     torch.set_num_threads(worker_threads(config.group_training.num_cpus_per_trial))
     job = jobs[params["trial"]["job"]]
     train = config.train.model_copy(update={"lr": params["trial"]["lr"]})
     result = train_any_group(taskset, job.tasks, config, train, resolve_device(config.device),
-                             job.optimizer, job.track_dominance, job.seed)
+                             job.optimizer, job.track_dominance, job.seed, linear)
     result["spec"] = spec_to_dict(result["spec"])
     with tempfile.TemporaryDirectory() as directory:
         torch.save(result, Path(directory) / RESULT_FILE)
@@ -85,18 +87,21 @@ def _read_result(result: tune.Result) -> dict:
 
 
 def train_group_trials(taskset: AnyTaskSet, jobs: list[GroupJob], config: RunConfig,
-                       storage: str, name: str, description: str) -> list[dict]:
+                       storage: str, name: str, description: str,
+                       linear: PerTaskLinear | None = None) -> list[dict]:
     """For each job, the trial with the lowest validation criterion over the learning rates
     of its optimizer (``group_training.lrs``, a list or a mapping per optimizer)
     (its result dict, with the chosen ``lr``), in job order.
 
     The experiment lives in ``storage/name`` (a local path or a URI every node reaches); when
     it exists from an interrupted attempt it is restored, and trials that finished there are
-    not run again.
+    not run again. ``linear``: the per-task regressions models start from
+    (``model.skip_init``).
     """
     options = config.group_training
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, taskset=taskset, jobs=jobs, config=config),
+        tune.with_parameters(_trial, taskset=taskset, jobs=jobs, config=config,
+                             linear=linear),
         {"cpu": options.num_cpus_per_trial, "gpu": options.num_gpus_per_trial})
     path = f"{storage.rstrip('/')}/{name}"
     trials = [{"job": number, "lr": lr} for number, job in enumerate(jobs)

@@ -20,6 +20,7 @@ from grouping.config import RunConfig, TrainConfig
 from grouping.group_models import train_any_group
 from grouping.models import Spec, restore
 from grouping.models.lora_lm import LMSpec
+from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet, TaskSet
 from grouping.training import predict, train_model
 
@@ -79,17 +80,19 @@ def fine_tune_subset(base: nn.Module, spec: Spec, taskset: AnyTaskSet, subset: n
 
 
 def train_subset_from_scratch(taskset: AnyTaskSet, subset: np.ndarray, config: RunConfig,
-                              seed: int, device: torch.device) -> dict:
+                              seed: int, device: torch.device,
+                              linear: PerTaskLinear | None = None) -> dict:
     """f(S, i) under the ``from_scratch`` protocol: a fresh model trained on the subset's tasks
     as a group model is (:func:`grouping.group_models.train_any_group` with the first of
     ``group_training.optimizers`` at the first of its learning rates, initialisation seed
-    ``seed``), each task's validation loss at its best checkpoint, and the wall time."""
+    ``seed``, the same linear start), each task's validation loss at its best checkpoint,
+    and the wall time."""
     start = time.perf_counter()
     options = config.group_training
     train = config.train.model_copy(update={"lr": options.first_lr})
     tasks = np.asarray(subset)
     result = train_any_group(taskset, tasks.tolist(), config, train, device,
-                             options.optimizers[0], seed=seed)
+                             options.optimizers[0], seed=seed, linear=linear)
     model = restore(result["spec"], result["state"]).to(device)
     losses = model_validation_losses(model, result["spec"], taskset, tasks, device,
                                      np.arange(len(tasks)))
@@ -122,7 +125,8 @@ def linearization_error(base: nn.Module, tuned: nn.Module, projection: dict[str,
     logits on the given (example, task) rows."""
     tuned_params = dict(tuned.named_parameters())
     step = sum((tuned_params[name].detach() - param.detach()).flatten().double()
-               @ projection[name].double() for name, param in base.named_parameters())
+               @ projection[name].double() for name, param in base.named_parameters()
+               if param.requires_grad)
     linear = f0 + gradients.astype(np.float64) @ step.numpy()
     tuned.eval()
     with torch.no_grad():

@@ -99,7 +99,8 @@ class ErrorStage:
         num_subsets = len(estimated["subsets"])
         report["estimate_seconds"] = seconds["estimates"] + (
             seconds["gradients"] if estimator.uses_gradient_features else 0.0)
-        report["estimate_seconds_with_base"] = report["estimate_seconds"] + seconds["base"]
+        report["estimate_seconds_with_base"] = report["estimate_seconds"] + seconds["base"] + (
+            seconds.get("linear", 0.0) if self.config.model.linear_start else 0.0)
         report["true_seconds_per_subset"] = float(np.median(true["seconds"]))
         report["true_seconds_extrapolated"] = true_wall_seconds(
             true["seconds"], num_subsets, self.config.ray.num_workers)

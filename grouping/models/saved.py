@@ -23,7 +23,8 @@ def spec_from_dict(saved: dict) -> Spec:
     if saved.get("family") == "lora_lm":
         return LMSpec.from_dict(saved)
     return ModelSpec(saved["in_dim"], tuple(saved["hidden"]), saved["num_heads"],
-                     saved["dropout"], saved.get("skip", False))
+                     saved["dropout"], saved.get("skip", False),
+                     saved.get("skip_trainable", True))
 
 
 def restore(spec: Spec, state: dict[str, torch.Tensor]) -> nn.Module:

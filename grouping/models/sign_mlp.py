@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from grouping.config import ModelConfig
+from grouping.models.per_task_linear import PerTaskLinear
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,13 @@ class ModelSpec:
     num_heads: int
     dropout: float = 0.0
     skip: bool = False
+    skip_trainable: bool = True
 
     @classmethod
     def from_config(cls, config: ModelConfig, in_dim: int, num_heads: int) -> ModelSpec:
         """The spec of ``config``'s model over ``in_dim`` features with ``num_heads`` heads."""
-        return cls(in_dim, tuple(config.hidden), num_heads, config.dropout, config.skip)
+        return cls(in_dim, tuple(config.hidden), num_heads, config.dropout, config.skip,
+                   config.skip_init != "linear_fixed")
 
 
 class SignMLP(nn.Module):
@@ -36,7 +39,8 @@ class SignMLP(nn.Module):
     The heads are stored as one ``nn.Linear(hidden[-1], num_heads)``: row k is head k. With
     ``spec.skip``, ``skip`` (``nn.Linear(in_dim, num_heads, bias=False)``, row k task k's) adds
     a linear function of the input to each logit: z_k = w_k·h(x) + b_k + u_k·x. The skip is
-    task-specific, not part of the shared ``trunk``.
+    task-specific, not part of the shared ``trunk``; without ``spec.skip_trainable`` it is
+    kept fixed (no gradient).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -51,6 +55,8 @@ class SignMLP(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.heads = nn.Linear(width, spec.num_heads)
         self.skip = nn.Linear(spec.in_dim, spec.num_heads, bias=False) if spec.skip else None
+        if self.skip is not None:
+            self.skip.weight.requires_grad_(spec.skip_trainable)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """[batch, in_dim] → [batch, num_heads] logits."""
@@ -65,10 +71,23 @@ def restore_model(spec: ModelSpec, state: dict[str, torch.Tensor]) -> SignMLP:
     return model
 
 
-def build_model(spec: ModelSpec, seed: int) -> SignMLP:
-    """A freshly initialised model, seeded."""
+def build_model(spec: ModelSpec, seed: int, linear: PerTaskLinear | None = None) -> SignMLP:
+    """A freshly initialised model, seeded. With ``linear`` (one regression per head, the
+    spec's skip on), the skip and the head biases start at the per-task logistic regression
+    and the heads' trunk weights at zero, so the untrained model's logits are the
+    regressions' (the trunk stays randomly initialised and gets gradients through the
+    heads). A fixed skip (``spec.skip_trainable`` off) needs ``linear``."""
+    if spec.skip and not spec.skip_trainable and linear is None:
+        raise ValueError("a fixed skip needs the per-task regressions it is fixed at")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     model = SignMLP(spec)
     torch.random.set_rng_state(generator_state)
+    if linear is not None:
+        if model.skip is None or linear.weights.shape != tuple(model.skip.weight.shape):
+            raise ValueError("a linear start needs the skip and one regression per head")
+        with torch.no_grad():
+            model.skip.weight.copy_(torch.as_tensor(linear.weights))
+            model.heads.bias.copy_(torch.as_tensor(linear.intercepts))
+            model.heads.weight.zero_()
     return model
