@@ -28,12 +28,14 @@ def train_group(taskset: TaskSet, tasks: list[int], model_config: ModelConfig,
     would carry all-task sharing into every group and blur the comparison with the all-in-one
     model, which is trained with the same loop, budget and early stopping. With
     ``model_config.linear_start``, ``linear`` (the regressions of every task of the task set)
-    is where the skip and head biases start.
+    is where the skip and head biases start; it is then required (ValueError without it).
     """
     start = time.perf_counter()
     columns = np.asarray(tasks)
     spec = ModelSpec.from_config(model_config, taskset.features.shape[1], len(columns))
-    start_at = linear.select(columns) if model_config.linear_start and linear else None
+    if model_config.linear_start and linear is None:
+        raise ValueError("model.skip_init: a linear start needs the per-task regressions")
+    start_at = linear.select(columns) if model_config.linear_start else None
     model = build_model(spec, seed, start_at)
     result = train_model(model, taskset, columns, train_config, seed, device,
                          optimizer=optimizer, track_dominance=track_dominance,

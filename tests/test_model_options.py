@@ -189,6 +189,8 @@ def test_a_group_model_with_a_linear_start_is_no_worse_on_validation_than_the_re
             taskset.labels[val][:, tasks].astype(np.float64)))
     # Epoch 0 is the regressions (up to float32), and the best epoch is kept.
     assert started["best_criterion"] <= regression_criterion + 1e-6
+    with pytest.raises(ValueError, match="linear start needs the per-task regressions"):
+        train_group(taskset, tasks, model_config, config.train, 0, CPU)
     # Random start and a config without the skip ignore the regressions.
     random_config = model_config.model_copy(update={"skip_init": "random"})
     assert not random_config.linear_start and not config.model.linear_start
