@@ -30,8 +30,8 @@ TINY = {
     "group_training": {"optimizers": ["adam"], "seeds": 2},
     "dmtg": {"enabled": True, "warmup_epochs": 2, "max_epochs": 6},
 }
-BARS = ("base model", "gradient features", "subset estimates", "true training",
-        "true training, second seed", "DMTG search", "group models")
+BARS = ("per-task logistic regression", "base model", "gradient features", "subset estimates",
+        "true training", "true training, second seed", "DMTG search", "group models")
 LIBRARY = re.compile(r"Warning|WARNING|INFO|ray|Ray|Tune|tune|Checkpoint|tensorboard|Trial")
 
 
