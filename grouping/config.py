@@ -306,11 +306,13 @@ class FirstOrderConfig(_Strict):
 class LookaheadConfig(_Strict):
     """The lookahead estimator (grouping.affinity.estimators.lookahead): θ0 fine-tuned on each
     subset for ``epochs`` epochs at ``lr`` (null: the fine-tuning rate, true_affinity.lr or
-    train.lr), f̂ the mean of the validation losses over ``seeds`` such runs."""
+    train.lr) in mini-batches of ``batch_size`` rows (null: train.batch_size), f̂ the mean of
+    the validation losses over ``seeds`` such runs."""
 
     epochs: int = Field(3, ge=1)
     seeds: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
 
 
 class AffinityConfig(_Strict):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grouping.evaluation.error_report import error_report, within_task_spearman
+from grouping.evaluation.error_report import (
+    error_report,
+    room_for_grouping,
+    within_task_spearman,
+)
 
 
 def test_perfect_ranking_within_tasks_scores_one_even_with_an_offset():
@@ -38,6 +42,37 @@ def test_noise_floor_uses_only_the_repeated_pairs():
     repeat[::2] = np.nan
     report = error_report(truth, truth, truth + 1, tasks, truth_repeat=repeat)
     assert report["true_noise_floor"] == pytest.approx(1.0)
+
+
+def test_room_for_grouping_splits_what_repeats_between_seeds_from_what_does_not():
+    rng = np.random.default_rng(0)
+    subsets, tasks = 4000, np.repeat(np.arange(3), 4000)
+    level = np.repeat([1.0, 2.0, 4.0], subsets)
+    # Each task's loss: its level times (1 + a subset effect of SD 5% + a seed effect of 2%).
+    effect = np.tile(rng.normal(0, 0.05, subsets), 3)
+    first = level * (1 + effect + rng.normal(0, 0.02, 3 * subsets))
+    second = level * (1 + effect + rng.normal(0, 0.02, 3 * subsets))
+    room = room_for_grouping(first, second, tasks)
+    assert room["composition_effect"] == pytest.approx(0.05, rel=0.05)
+    assert room["seed_effect"] == pytest.approx(0.02, rel=0.05)
+    # The best of 4000 subsets under one seed is far below the mean under the other.
+    assert room["selection_gain"] > 0.1
+    # Seeds alone: nothing repeats, the composition effect is (clipped to) about zero.
+    noise_only = level * (1 + rng.normal(0, 0.02, 3 * subsets))
+    room = room_for_grouping(noise_only, level, tasks)
+    assert room["composition_effect"] < 0.005
+    assert room["seed_effect"] == pytest.approx(0.02 / np.sqrt(2), rel=0.05)
+    report = error_report(first, first, level, tasks, truth_repeat=second)
+    assert report["true_composition_effect"] == pytest.approx(0.05, rel=0.05)
+
+
+def test_selection_gain_is_measured_under_the_other_seed():
+    tasks = np.zeros(4, dtype=int)
+    # Seed one ranks subset 0 best, seed two subset 3: each choice is the other's worst.
+    first = np.array([1.0, 2.0, 2.0, 3.0])
+    second = np.array([3.0, 2.0, 2.0, 1.0])
+    assert room_for_grouping(first, second, tasks)["selection_gain"] == pytest.approx(-0.5)
+    assert room_for_grouping(first, first, tasks)["selection_gain"] == pytest.approx(0.5)
 
 
 def test_flop_counter_counts_a_matrix_product_and_the_comparison_scales_it():

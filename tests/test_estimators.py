@@ -207,6 +207,21 @@ def test_lookahead_is_a_short_fine_tuning_with_seeds_of_its_own(ray_session, pla
                               RayConfig())
 
 
+def test_lookahead_batch_size_is_the_fine_tuning_batch_size(planted_base):
+    subset = np.array([0, 1, 5])
+    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 1, "batch_size": 256})
+    inputs = EstimatorInputs(None, None, None, planted_base)
+    training = planted_base.training.model_copy(update={"batch_size": 256})
+    expected = fine_tune_subset(restore(planted_base.spec, planted_base.state),
+                                planted_base.spec, planted_base.taskset, subset, training, 1,
+                                planted_base.seed + SEED_OFFSET, torch.device("cpu"))["losses"]
+    estimate = _estimate(options, subset[None], inputs)
+    assert np.allclose(estimate[0], expected, rtol=1e-6)
+    default = _estimate(AffinityConfig(estimator="lookahead", lookahead={"epochs": 1}),
+                        subset[None], inputs)
+    assert not np.allclose(default, estimate)
+
+
 def test_an_unknown_estimator_names_the_field():
     with pytest.raises(ConfigError, match="affinity.estimator"):
         parse_config(small_sbm_config(affinity={"estimator": "oracle"}))

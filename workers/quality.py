@@ -45,6 +45,10 @@ from workers.estimates import compute_subset_losses
 from workers.pipeline import Pipeline
 
 PROTOCOLS = ("from_scratch", "fine_tune")
+ROOM_FIGURES = ("noise_floor", "composition_effect", "seed_effect", "selection_gain")
+"""The truth's own figures (error_report.json's ``true_*``): its agreement between two
+seeds and the room it leaves for grouping (:func:`grouping.evaluation.error_report.
+room_for_grouping`)."""
 ROW_NAMES = {"all": "all-in-one", "gradtag": "estimated groups", "random": "random groups",
              "single": "single-task", "dmtg": "DMTG", "per_task_linear": "per-task logistic"}
 VARIANTS = ("surrogate", "surrogate:l2=0.01", "surrogate:l2=0.001", "first_order",
@@ -221,7 +225,11 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     base_relative_distance, cost_ratio, flop_ratio, ...} against the target truth and
     ``estimators_by_truth`` {protocol: {variant: ...}} against each; ``truth`` {protocol (the
     target: the truth whose oracle gains most over random groups; the first protocol when no
-    groups were trained), num_subsets, repeated_subsets, seeds, pair_coverage}; ``rows``
+    groups were trained), num_subsets, repeated_subsets, seeds, pair_coverage};
+    ``truth_effects`` {protocol: {noise_floor, composition_effect, seed_effect,
+    selection_gain}} (what a task's subset moves of its true loss, what one seed adds, what
+    choosing its best subset saves under another seed, as fractions of the loss:
+    :func:`grouping.evaluation.error_report.room_for_grouping`); ``rows``
     [{grouping, optimizer, n_seeds, num_groups, deterministic, mean_/se_ of the primary and
     secondary test metrics, worst_/se_worst_ of the primary}] (empty with
     ``estimate_only``); ``oracle_beats_random`` {protocol: bool}; ``verdicts`` {question:
@@ -231,9 +239,10 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     protocols = settings.protocols
     runs = {protocol: RunDirectory(workdir / protocol, True) for protocol in protocols}
     default = config.affinity.estimator
-    by_truth = {}
+    by_truth, effects = {}, {}
     for protocol, run in runs.items():
         report = run.read_json("error_report.json")
+        effects[protocol] = {key: report.get(f"true_{key}") for key in ROOM_FIGURES}
         start = time.perf_counter()
         variants = variant_reports(run, config, taskset, settings.variants)
         seconds[f"{protocol}_variants"] = time.perf_counter() - start
@@ -270,6 +279,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
         "truth": {"protocol": target, "num_subsets": config.affinity.num_subsets,
                   "repeated_subsets": min(settings.repeat_subsets, config.affinity.num_subsets),
                   "seeds": 2, "pair_coverage": _pair_coverage(config)},
+        "truth_effects": effects,
         "num_tasks": config.taskset.num_tasks, "num_groups": groups["num_groups"],
         "k_rule": groups["k_rule"], "ari_planted": groups.get("ari_planted"),
         "ari_planted_oracle": {protocol: record.get("ari_planted_true")
@@ -355,6 +365,10 @@ def markdown(name: str, figures: dict) -> list[str]:
                          f"{format_value(row[f'mean_{secondary}'], row[f'se_{secondary}'])} |")
         lines.append("")
     lines += estimator_table(figures)
+    lines += ["", "| truth protocol | noise floor | composition effect | seed effect | "
+              "selection gain |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join([protocol, *(format_value(effect[key]) for key in ROOM_FIGURES)])
+              + " |" for protocol, effect in figures.get("truth_effects", {}).items()]
     if figures["rows"] and any(figures["oracle_beats_random"].values()):
         lines += ["", f"Target truth: {figures['truth']['protocol']} (its oracle groups beat "
                   f"random groups by the widest margin); the estimate's within-task ratio to "

@@ -24,6 +24,39 @@ def within_task_spearman(first: np.ndarray, second: np.ndarray, tasks: np.ndarra
     return float(np.mean(values)) if values else float("nan")
 
 
+def room_for_grouping(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> dict:
+    """How far the choice of a task's subset moves its true loss, from two training seeds of
+    the truth over the same (S, i) pairs; medians over tasks with at least three subsets, each
+    as a fraction of the task's mean loss.
+
+    A one-way variance-components split (the intraclass decomposition behind test-retest
+    reliability), per task over its subsets s with losses a_s, b_s under the two seeds:
+    ``composition_effect`` = √max(cov_s(a, b), 0), the standard deviation that repeats between
+    seeds; ``seed_effect`` = √(var_s(a − b) / 2), what one seed adds. ``selection_gain``: the
+    loss saved by taking the subset that is best under one seed, measured under the other
+    (mean_s b − b at argmin a, and the same with the seeds swapped, averaged) — what an oracle
+    that knows each task's best subset could gain, free of the winner's curse. Both near zero:
+    no grouping can be told apart from random groups on this task set, whatever the
+    estimator."""
+    composition, seed, gain = [], [], []
+    for task in np.unique(tasks):
+        where = tasks == task
+        if where.sum() < 3:
+            continue
+        a, b = first[where], second[where]
+        scale = float(np.mean((a + b) / 2))
+        if scale <= 0:
+            continue
+        composition.append(np.sqrt(max(float(np.cov(a, b)[0, 1]), 0.0)) / scale)
+        seed.append(np.sqrt(np.var(a - b, ddof=1) / 2) / scale)
+        gain.append((b.mean() - b[np.argmin(a)] + a.mean() - a[np.argmin(b)]) / 2 / scale)
+    if not composition:
+        return dict.fromkeys(("composition_effect", "seed_effect", "selection_gain"),
+                             float("nan"))
+    return {"composition_effect": float(np.median(composition)),
+            "seed_effect": float(np.median(seed)), "selection_gain": float(np.median(gain))}
+
+
 def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, tasks: np.ndarray,
                  truth_repeat: np.ndarray | None = None) -> dict:
     """Figures over shared (S, i) pairs, given as flat arrays of equal length.
@@ -47,8 +80,11 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "mean_true_change": float(np.mean(np.abs(truth - base) / base)),
     }
     report["true_noise_floor"] = float("nan")
+    room = dict.fromkeys(("composition_effect", "seed_effect", "selection_gain"), float("nan"))
     if truth_repeat is not None:
         repeated = np.isfinite(truth_repeat)
         report["true_noise_floor"] = within_task_spearman(
             truth[repeated], truth_repeat[repeated], tasks[repeated])
+        room = room_for_grouping(truth[repeated], truth_repeat[repeated], tasks[repeated])
+    report.update((f"true_{key}", value) for key, value in room.items())
     return report

@@ -97,6 +97,16 @@ def _error_section(run: Path, report: dict) -> list[str]:
              "what grouping needs: 0 is chance, the noise floor the most reachable"),
             ("  noise floor (two training seeds of the truth)", "true_noise_floor",
              "the truth's agreement with itself"),
+            ("composition effect: SD of a task's true loss over its subsets / its loss",
+             "true_composition_effect",
+             "the part that repeats between seeds: how far choosing a task's group moves it "
+             "(median over tasks)"),
+            ("  seed effect: SD one training seed adds / the loss", "true_seed_effect",
+             "composition far below it: no grouping can be told apart from random groups"),
+            ("  selection gain: a task's best subset under one seed, under the other",
+             "true_selection_gain",
+             "the loss an oracle of each task's best subset saves, as a fraction; near 0: "
+             "no room"),
             ("mean of abs(f̂ − f_base) / f_base (the estimate's change)", "mean_change",
              "compare with the truth's change below: far smaller means the estimate barely "
              "moves"),

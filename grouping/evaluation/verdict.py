@@ -58,9 +58,17 @@ def estimate_information(report: dict | None) -> str | None:
     judgement = ("carried no information about which subsets help a task" if ratio < 0.1
                  else "carried weak information" if ratio < 0.5
                  else "ranked each task's subsets well")
-    return (f"The affinity estimate {judgement} on this task set: within-task Spearman "
-            f"{rho:.2f} against the truth, whose own seed-to-seed agreement is {floor:.2f} "
-            f"({ratio:.0%} of it; 0 is chance).")
+    sentence = (f"The affinity estimate {judgement} on this task set: within-task Spearman "
+                f"{rho:.2f} against the truth, whose own seed-to-seed agreement is {floor:.2f} "
+                f"({ratio:.0%} of it; 0 is chance).")
+    room = [report.get(f"true_{key}") for key in ("composition_effect", "seed_effect",
+                                                   "selection_gain")]
+    if all(value is not None and value == value for value in room):
+        sentence += (f" The room grouping has: a task's subsets move its true loss by "
+                     f"{room[0]:.1%} (standard deviation, what repeats between seeds), one "
+                     f"training seed by {room[1]:.1%}; its best subset under one seed saves "
+                     f"{room[2]:.1%} under the other.")
+    return sentence
 
 
 def _singular(difference: Gap) -> str:

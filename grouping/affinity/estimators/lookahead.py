@@ -3,7 +3,8 @@ NeurIPS 2021, Eq. 2-3, taken over ``lookahead.epochs`` epochs of the subset's tr
 instead of one step of the shared parameters).
 
 f̂(S, i) is task i's validation loss after θ0 is fine-tuned on S for ``lookahead.epochs``
-epochs (a fixed schedule, Adam at ``lookahead.lr``, or the fine-tuning rate), the same loop
+epochs (a fixed schedule, Adam at ``lookahead.lr``, or the fine-tuning rate, in batches of
+``lookahead.batch_size`` rows, or the training batch size), the same loop
 as the fine-tune truth over a fraction of its epochs, averaged over ``lookahead.seeds``
 batch orders. Each lookahead draws its batches from seeds of its own (:data:`SEED_OFFSET`),
 so that it never shares a batch order with the error report's truth.
@@ -39,7 +40,9 @@ class LookaheadEstimator(Estimator):
                  device: torch.device | str = "cpu") -> np.ndarray:
         base = inputs.base
         options = self.options.lookahead
-        training = base.training.model_copy(update={"lr": options.lr or base.training.lr})
+        training = base.training.model_copy(update={
+            "lr": options.lr or base.training.lr,
+            "batch_size": options.batch_size or base.training.batch_size})
         device = torch.device(device)
         model = restore(base.spec, base.state).to(device)
         seeds = base.seed + SEED_OFFSET + np.arange(options.seeds)
