@@ -122,7 +122,8 @@ def train_lm(model: nn.Module, taskset: InstructionTaskSet, encoded: EncodedExam
              optimizer: OptimizerName = "adam") -> TrainResult:
     """Train ``model``'s adapter on the training examples of ``tasks``; early stopping on
     their validation loss (the output function's), best state kept. ``keep_best=False`` runs
-    a fixed schedule and keeps the final state."""
+    a fixed schedule, keeps the final state and evaluates the validation loss before and
+    after the schedule only."""
     tasks = np.asarray(tasks)
     model = model.to(device)
     train_rows = torch.from_numpy(taskset.examples_of(tasks, TRAIN))
@@ -138,13 +139,16 @@ def train_lm(model: nn.Module, taskset: InstructionTaskSet, encoded: EncodedExam
     best = TrainResult(adapter_state(model), 0, val_loss(), [])
     best.criterion_curve.append(best.best_criterion)
     since_best = 0
-    for epoch in range(1, (max_epochs or config.max_epochs) + 1):
+    epochs = max_epochs or config.max_epochs
+    for epoch in range(1, epochs + 1):
         model.train()
         order = train_rows[torch.randperm(len(train_rows), generator=generator)]
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
             batch = {key: value.to(device) for key, value in encoded.rows(rows).items()}
             step(batch, owners_all[rows].to(device))
+        if not keep_best and epoch < epochs:
+            continue
         since_best = 0 if best.record(epoch, val_loss(), lambda: adapter_state(model)) \
             else since_best + 1
         if keep_best and since_best >= config.patience:

@@ -161,8 +161,9 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     """Train ``model`` whose head k predicts label column ``label_columns[k]``.
 
     Only ``active_heads`` (default: all) enter the loss. ``max_epochs`` overrides the
-    config's. ``keep_best=False`` runs a fixed schedule: no early stopping, and the model
-    keeps its final state (the result still reports the best epoch seen).
+    config's. ``keep_best=False`` runs a fixed schedule: no early stopping, the model keeps
+    its final state, and the criterion is evaluated before and after the schedule only (a
+    curve of two entries; nothing in between reads it).
 
     The validation criterion (lower is better) is ``config.early_stopping``: ``val_loss``, the
     training objective (with its positive weights) on the validation rows, or ``val_ap``,
@@ -179,7 +180,7 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     """
     heads = np.arange(len(label_columns)) if active_heads is None else np.asarray(active_heads)
     columns = np.asarray(label_columns)[heads]
-    features = torch.tensor(taskset.features, device=device)
+    features = torch.as_tensor(taskset.features, device=device)
     targets = torch.from_numpy(taskset.labels[:, columns].astype(np.float32)).to(device)
     train_rows = torch.from_numpy(taskset.indices(TRAIN)).to(device)
     val_rows = torch.from_numpy(taskset.indices(VAL)).to(device)
@@ -203,12 +204,15 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     best = TrainResult(copy.deepcopy(model.state_dict()), 0, val_criterion(), [])
     best.criterion_curve.append(best.best_criterion)
     since_best = 0
-    for epoch in range(1, (max_epochs or config.max_epochs) + 1):
+    epochs = max_epochs or config.max_epochs
+    for epoch in range(1, epochs + 1):
         model.train()
         order = train_rows[torch.randperm(len(train_rows), generator=generator).to(device)]
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
             step(model(features[rows])[:, head_index], targets[rows])
+        if not keep_best and epoch < epochs:
+            continue
         improved = best.record(epoch, val_criterion(), lambda: copy.deepcopy(model.state_dict()))
         since_best = 0 if improved else since_best + 1
         if keep_best and since_best >= config.patience:

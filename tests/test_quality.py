@@ -149,4 +149,12 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
     assert np.isnan(figures["estimators"]["first_order"]["mean_change"])
     assert figures["truth"]["protocol"] in ("from_scratch", "fine_tune")
     assert "standard errors" in figures["verdict"] or "single run" in figures["verdict"]
-    assert markdown("planted", figures)[0] == "### planted"
+    for protocol, room in figures["truth_effects"].items():
+        assert room["noise_floor"] == figures["estimators_by_truth"][protocol]["lookahead"][
+            "noise_floor"]
+        assert room["composition_effect"] >= 0 and room["seed_effect"] > 0
+        assert np.isfinite(room["selection_gain"])
+    lines = markdown("planted", figures)
+    assert lines[0] == "### planted"
+    assert any(line.startswith("| truth protocol | noise floor | composition effect")
+               for line in lines)

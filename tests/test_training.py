@@ -37,6 +37,26 @@ def test_training_keeps_the_best_validation_checkpoint():
                - result.best_criterion) < 1e-5
 
 
+def test_a_fixed_schedule_keeps_its_final_state_and_is_judged_at_its_ends_only():
+    config, taskset, spec = _planted()
+    train = config.train.model_copy(update={"early_stopping": "val_loss"})
+    model = build_model(spec, seed=0)
+    result = train_model(model, taskset, np.arange(taskset.num_tasks), train, 0, CPU,
+                         max_epochs=3, keep_best=False)
+    assert len(result.criterion_curve) == 2
+    logits = predict(model, torch.from_numpy(taskset.features[taskset.indices(VAL)]))
+    targets = torch.from_numpy(taskset.labels[taskset.indices(VAL)].astype(np.float32))
+    final = float(binary_cross_entropy_with_logits(logits, targets))
+    assert abs(final - result.criterion_curve[1]) < 1e-5
+    # The same three epochs under early stopping with room to spare pass through the same
+    # states: the fixed schedule's final model is the third epoch's.
+    stopped = build_model(spec, seed=0)
+    curve = train_model(stopped, taskset, np.arange(taskset.num_tasks),
+                        train.model_copy(update={"patience": 10}), 0, CPU,
+                        max_epochs=3).criterion_curve
+    assert len(curve) == 4 and abs(curve[3] - final) < 1e-6
+
+
 def test_planted_families_transfer_under_true_fine_tuning():
     """Fine-tuning θ0 beside family-mates lowers a task's validation loss more than beside
     strangers, in every family, by far more than the seed-to-seed noise: for the quickstart's
