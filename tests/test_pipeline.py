@@ -282,3 +282,15 @@ def test_the_linear_stage_is_the_start_of_every_model_and_the_compared_baseline(
     stages = [stage[0] for stage in Pipeline(random, RunDirectory(tmp_path / "random", False),
                                              False, taskset)._stages()]
     assert "linear" not in stages and stages[0] == "base"
+
+
+def test_the_from_scratch_truth_of_a_linear_start_reaches_the_error_report(ray_session,
+                                                                           tmp_path):
+    config = parse_config(small_sbm_config(
+        model={"skip": True}, train={"max_epochs": 5}, affinity={"coverage": 3},
+        true_affinity={"enabled": True, "protocol": "from_scratch", "num_subsets": 4}))
+    assert config.model.linear_start
+    run = RunDirectory(tmp_path / "scratch", False)
+    Pipeline(config, run, False).execute(until="error_report")
+    report = run.read_json("error_report.json")
+    assert report["flops"]["true_per_subset"] > 0 and np.isfinite(report["true_seed_effect"])

@@ -318,7 +318,8 @@ class Pipeline:
                 subsets, losses, self.taskset.num_tasks))
 
     def _error_report(self) -> None:
-        report = ErrorStage(self.run, self.taskset, self.config, *self._load_base()).report()
+        report = ErrorStage(self.run, self.taskset, self.config, *self._load_base(),
+                            self._linear_start()).report()
         report["groups_ari"] = self.run.read_json("groups.json").get("ari_estimated_vs_true")
         self.run.write_json("error_report.json", report)
 

@@ -27,6 +27,7 @@ from grouping.evaluation.error_report import error_report
 from grouping.evaluation.flops import count_flops, flop_comparison
 from grouping.models import Spec, restore
 from grouping.models.lora_lm import LMSpec
+from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet
 
 CPU = torch.device("cpu")
@@ -74,8 +75,11 @@ class ErrorStage:
     figures of error_report.json."""
 
     def __init__(self, run: RunDirectory, taskset: AnyTaskSet, config: RunConfig, spec: Spec,
-                 state: dict[str, torch.Tensor]) -> None:
+                 state: dict[str, torch.Tensor], linear: PerTaskLinear | None = None) -> None:
+        """``linear``: the per-task regressions the run's models start from
+        (``model.skip_init``), for the from-scratch truth's FLOP count."""
         self.run, self.taskset, self.config, self.spec = run, taskset, config, spec
+        self.linear = linear
         self.base, self.state = restore(spec, state), state
         self.language_model = isinstance(spec, LMSpec)
         self.rows = RowTable(**run.load_arrays("gradients/rows.npz"))
@@ -155,7 +159,7 @@ class ErrorStage:
         per_subset = count_flops(lambda: estimator.estimate(fitted, table, prepared[0]))
         if self.config.true_affinity.protocol == "from_scratch":
             true = count_flops(lambda: train_subset_from_scratch(
-                self.taskset, true_subset, self.config, self.config.seed, CPU))
+                self.taskset, true_subset, self.config, self.config.seed, CPU, self.linear))
         else:
             true = count_flops(lambda: self._fine_tune(true_subset))
         return flop_comparison(per_row, len(self.rows.example), per_subset / len(fitted), true,
