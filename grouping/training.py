@@ -180,7 +180,7 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     """
     heads = np.arange(len(label_columns)) if active_heads is None else np.asarray(active_heads)
     columns = np.asarray(label_columns)[heads]
-    features = torch.as_tensor(taskset.features, device=device)
+    features = torch.tensor(taskset.features, device=device)
     targets = torch.from_numpy(taskset.labels[:, columns].astype(np.float32)).to(device)
     train_rows = torch.from_numpy(taskset.indices(TRAIN)).to(device)
     val_rows = torch.from_numpy(taskset.indices(VAL)).to(device)
