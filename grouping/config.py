@@ -373,6 +373,10 @@ class AffinityConfig(_Strict):
         return method
 
 
+TruthTarget = Literal["loss", "ap"]
+"""What the true f(S, i) records of a task on the validation rows (TrueAffinityConfig)."""
+
+
 class TrueAffinityConfig(_Strict):
     """The true f(S, i) on a sample of the estimator's subsets, for the error report.
 
@@ -386,10 +390,16 @@ class TrueAffinityConfig(_Strict):
     its groups (a "true" comparison row) and the adjusted Rand index between the groups of
     the estimated and of the true matrix. ``repeat`` fine-tunes the sample a second time with
     another seed (the noise floor).
+
+    ``target``: what f(S, i) records of task i on the validation rows, ``loss`` (its
+    cross-entropy) or ``ap`` (1 − its average precision, 1 for a task without a validation
+    positive; binary-label task sets only), the metric group models are stopped on
+    (``train.early_stopping: val_ap``) and judged by.
     """
 
     enabled: bool = False
     protocol: Literal["fine_tune", "from_scratch"] = "fine_tune"
+    target: TruthTarget = "loss"
     num_subsets: int = Field(30, ge=1)
     all_subsets: bool = False
     epochs: int | None = Field(10, ge=1)
@@ -555,6 +565,9 @@ class RunConfig(_Strict):
             raise ValueError(f"train.{field}: applies to binary-label task sets; an "
                              "instructions task set trains on the answer's loss and stops on "
                              "its validation loss (remove the field)")
+        if isinstance(self.taskset, InstructionsTaskSet) and self.true_affinity.target == "ap":
+            raise ValueError("true_affinity.target: 'ap' applies to binary-label task sets; "
+                             "an instructions task set's truth is its answer loss (use 'loss')")
         if isinstance(self.taskset, InstructionsTaskSet) and self.dmtg.enabled:
             raise ValueError("dmtg.enabled: DMTG branches a SIGN-MLP trunk; it is not "
                              "available for instructions task sets (set dmtg.enabled: false)")

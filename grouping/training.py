@@ -84,11 +84,10 @@ def _task_losses(logits: torch.Tensor, targets: torch.Tensor,
     return losses / logits.shape[1]
 
 
-def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean over columns with a positive of each column's average precision,
-    AP = Σ_n (R_n − R_{n−1}) P_n over the distinct score thresholds n (tied scores form one
-    threshold, as scikit-learn's ``average_precision_score``); NaN when no column has a
-    positive."""
+def average_precisions(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each column's average precision, AP = Σ_n (R_n − R_{n−1}) P_n over the distinct score
+    thresholds n (tied scores form one threshold, as scikit-learn's
+    ``average_precision_score``); NaN for a column without a positive."""
     ordered, order = torch.sort(scores, dim=0, descending=True)
     ranked = torch.gather(targets, 0, order).to(torch.float64)
     hits = ranked.cumsum(0)
@@ -99,11 +98,19 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
     previous = torch.cat([torch.zeros_like(hits[:1]), hits_at_ends.cummax(0).values[:-1]])
     new_hits = torch.where(threshold_end, hits - previous, torch.zeros_like(hits))
     positives = ranked.sum(0)
-    present = positives > 0
+    precision_sum = (new_hits * hits / ranks[:, None]).sum(0)
+    return torch.where(positives > 0, precision_sum / positives.clamp(min=1),
+                       torch.full_like(positives, float("nan")))
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over columns with a positive of each column's :func:`average_precisions`; NaN
+    when no column has a positive."""
+    precisions = average_precisions(scores, targets)
+    present = ~torch.isnan(precisions)
     if not bool(present.any()):
         return float("nan")
-    precision_sum = (new_hits * hits / ranks[:, None]).sum(0)
-    return float((precision_sum[present] / positives[present]).mean())
+    return float(precisions[present].mean())
 
 
 def make_step(model: nn.Module, name: OptimizerName, config: TrainConfig,

@@ -125,6 +125,9 @@ def test_driver_exits_2_naming_the_file_and_line_of_malformed_jsonl(tmp_path):
 def test_instruction_config_mistakes_name_their_field(tmp_path):
     with pytest.raises(ConfigError, match=r"^config: dmtg\.enabled: DMTG branches"):
         parse_config(_config(_suite(), dmtg={"enabled": True}))
+    with pytest.raises(ConfigError, match=r"^config: true_affinity\.target: 'ap' applies to "
+                                          r"binary-label task sets"):
+        parse_config(_config(_suite(), true_affinity={"target": "ap"}))
     with pytest.raises(ConfigError, match=r"^language_model\.name_or_path: not a local model "):
         parse_config(_config(_suite(), language_model={"name_or_path": str(tmp_path / "no")}))
     with pytest.raises(ConfigError, match=r"^taskset: num_tasks must equal"):

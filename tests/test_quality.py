@@ -4,6 +4,8 @@ planted task set."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,30 @@ def test_from_scratch_truth_is_the_group_models_validation_loss(tiny):
     assert np.array_equal(truth, expected)
     other_seed = train_subset_from_scratch(taskset, subset, config, 8, CPU)["losses"]
     assert not np.array_equal(truth, other_seed)
+
+
+def test_the_average_precision_truth_is_one_minus_each_tasks_validation_ap(tiny):
+    from sklearn.metrics import average_precision_score
+
+    config, taskset = tiny
+    subset = np.array([1, 4, 5])
+    ap_config = config.model_copy(update={"true_affinity": config.true_affinity.model_copy(
+        update={"target": "ap"})})
+    truth = train_subset_from_scratch(taskset, subset, ap_config, 7, CPU)["losses"]
+    train = config.train.model_copy(update={"lr": config.group_training.first_lr})
+    group = train_any_group(taskset, subset.tolist(), config, train, CPU,
+                            config.group_training.optimizers[0], seed=7)
+    model = restore(group["spec"], group["state"])
+    val = taskset.indices(VAL)
+    logits = model(torch.from_numpy(taskset.features[val])).detach().numpy()
+    expected = [1 - average_precision_score(taskset.labels[val, task], logits[:, head])
+                for head, task in enumerate(subset)]
+    assert np.allclose(truth, expected, atol=1e-9)
+    # A task without a validation positive records 1: a constant that ranks no subset.
+    emptied = taskset.labels.copy()
+    emptied[val, 4] = 0
+    blank = dataclasses.replace(taskset, labels=emptied)
+    assert validation_losses(model, blank, subset, CPU, np.arange(3), "ap")[1] == 1.0
 
 
 def test_group_seeds_change_the_model(tiny):

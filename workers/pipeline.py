@@ -263,17 +263,17 @@ class Pipeline:
     def _fine_tune(self, subsets: np.ndarray, seed: int, description: str) -> list[dict]:
         """True training of each subset (``true_affinity.protocol``). Each finished trial
         persists under a digest of what it depends on (base model, protocol and its training
-        settings), so an interrupted stage does not redo it and another stage needing the
-        same trial reads it back."""
+        settings, the figure recorded), so an interrupted stage does not redo it and another
+        stage needing the same trial reads it back."""
         spec, state = self._load_base()
-        protocol = self.config.true_affinity.protocol
+        protocol, target = self.config.true_affinity.protocol, self.config.true_affinity.target
         if protocol == "from_scratch":
             options = self.config.group_training
             tuning = (self.config.digest(*BASE_SECTIONS), protocol, options.optimizers[0],
-                      options.first_lr)
+                      options.first_lr, target)
         else:
             tuning = (self.config.digest(*BASE_SECTIONS), self.config.true_affinity.epochs,
-                      self.config.fine_tuning().model_dump_json())
+                      self.config.fine_tuning().model_dump_json(), target)
         digest = hashlib.sha256(repr(tuning).encode()).hexdigest()[:16]
         trials = (self.run, f"true_trials/{digest}")
         return fine_tune_subsets(self.taskset, spec, state, subsets, self.config, seed,
@@ -311,7 +311,7 @@ class Pipeline:
             arrays["losses_repeat"] = repeat
         spec, state = self._load_base()
         arrays["base_losses"] = base_losses(restore(spec, state), spec, self.taskset,
-                                            torch.device("cpu"))
+                                            torch.device("cpu"), options.target)
         self.run.save_arrays("true_losses.npz", **arrays)
         if options.all_subsets:
             self.run.save_array("true_affinity.npy", affinity_from_losses(

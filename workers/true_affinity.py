@@ -28,7 +28,8 @@ def _fine_tune(taskset: AnyTaskSet, spec: Spec, state: dict, linear: PerTaskLine
         return train_subset_from_scratch(taskset, subset, config, seed, device, linear)
     base = restore(spec, state)
     return fine_tune_subset(base.to(device), spec, taskset, subset, config.fine_tuning(),
-                            config.true_affinity.epochs, seed, device)
+                            config.true_affinity.epochs, seed, device,
+                            config.true_affinity.target)
 
 
 def fine_tune_subsets(taskset: AnyTaskSet, spec: Spec, state: dict, subsets: np.ndarray,

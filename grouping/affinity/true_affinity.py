@@ -16,24 +16,29 @@ import torch
 from torch import nn
 
 from grouping import lm_training
-from grouping.config import RunConfig, TrainConfig
+from grouping.config import RunConfig, TrainConfig, TruthTarget
 from grouping.group_models import train_any_group
 from grouping.models import Spec, restore
 from grouping.models.lora_lm import LMSpec
 from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet, TaskSet
-from grouping.training import predict, train_model
+from grouping.training import average_precisions, predict, train_model
 
 
 def validation_losses(model: nn.Module, taskset: TaskSet, tasks: np.ndarray,
-                      device: torch.device, heads: np.ndarray | None = None) -> np.ndarray:
-    """Mean validation cross-entropy of each task (label column) under ``model``, whose head
-    ``heads[k]`` predicts ``tasks[k]`` (default: head = label column)."""
+                      device: torch.device, heads: np.ndarray | None = None,
+                      target: TruthTarget = "loss") -> np.ndarray:
+    """Each task's (label column's) validation figure under ``model``, whose head
+    ``heads[k]`` predicts ``tasks[k]`` (default: head = label column): its mean
+    cross-entropy (``target: loss``) or 1 − its average precision (``ap``; 1 for a task
+    without a validation positive, a constant that ranks no subset)."""
     val = taskset.indices(VAL)
     logits = predict(model, torch.tensor(taskset.features[val], device=device))
     heads = tasks if heads is None else heads
     logits = logits[:, torch.tensor(heads, device=device)].double()
     labels = torch.tensor(taskset.labels[np.ix_(val, tasks)], dtype=torch.float64, device=device)
+    if target == "ap":
+        return 1.0 - np.nan_to_num(average_precisions(logits, labels).cpu().numpy())
     losses = torch.nn.functional.softplus(logits) - labels * logits
     return losses.mean(0).cpu().numpy()
 
@@ -67,15 +72,16 @@ def fine_tune_adapter(base: nn.Module, spec: LMSpec, taskset: InstructionTaskSet
 
 def fine_tune_subset(base: nn.Module, spec: Spec, taskset: AnyTaskSet, subset: np.ndarray,
                      config: TrainConfig, epochs: int | None, seed: int,
-                     device: torch.device) -> dict:
+                     device: torch.device, target: TruthTarget = "loss") -> dict:
     """f(S, i) for each task of the subset after :func:`fine_tune` (or
-    :func:`fine_tune_adapter`), and the wall time."""
+    :func:`fine_tune_adapter`; its loss), the ``target`` of :func:`validation_losses`, and
+    the wall time."""
     start = time.perf_counter()
     if isinstance(spec, LMSpec):
         losses = fine_tune_adapter(base, spec, taskset, subset, config, epochs, seed, device)
     else:
         model = fine_tune(base, taskset, subset, config, epochs, seed, device)
-        losses = validation_losses(model, taskset, subset, device)
+        losses = validation_losses(model, taskset, subset, device, target=target)
     return {"losses": losses, "seconds": time.perf_counter() - start}
 
 
@@ -85,8 +91,8 @@ def train_subset_from_scratch(taskset: AnyTaskSet, subset: np.ndarray, config: R
     """f(S, i) under the ``from_scratch`` protocol: a fresh model trained on the subset's tasks
     as a group model is (:func:`grouping.group_models.train_any_group` with the first of
     ``group_training.optimizers`` at the first of its learning rates, initialisation seed
-    ``seed``, the same linear start), each task's validation loss at its best checkpoint,
-    and the wall time."""
+    ``seed``, the same linear start), each task's validation figure at its best checkpoint
+    (``true_affinity.target``), and the wall time."""
     start = time.perf_counter()
     options = config.group_training
     train = config.train.model_copy(update={"lr": options.first_lr})
@@ -95,26 +101,28 @@ def train_subset_from_scratch(taskset: AnyTaskSet, subset: np.ndarray, config: R
                              options.optimizers[0], seed=seed, linear=linear)
     model = restore(result["spec"], result["state"]).to(device)
     losses = model_validation_losses(model, result["spec"], taskset, tasks, device,
-                                     np.arange(len(tasks)))
+                                     np.arange(len(tasks)), config.true_affinity.target)
     return {"losses": losses, "seconds": time.perf_counter() - start}
 
 
 def model_validation_losses(model: nn.Module, spec: Spec, taskset: AnyTaskSet,
                             tasks: np.ndarray, device: torch.device,
-                            heads: np.ndarray | None = None) -> np.ndarray:
-    """Each task's validation loss under ``model``: the output function's for a language
-    model, the head's cross-entropy otherwise (head ``heads[k]`` for ``tasks[k]``; default
-    head = label column)."""
+                            heads: np.ndarray | None = None,
+                            target: TruthTarget = "loss") -> np.ndarray:
+    """Each task's validation figure under ``model``: the output function's loss for a
+    language model, :func:`validation_losses` with ``target`` otherwise (head ``heads[k]``
+    for ``tasks[k]``; default head = label column)."""
     if isinstance(spec, LMSpec):
         encoded = lm_training.encode_for(model, taskset, spec)
         return lm_training.validation_losses(model, taskset, encoded, tasks, device)
-    return validation_losses(model, taskset, tasks, device, heads)
+    return validation_losses(model, taskset, tasks, device, heads, target)
 
 
 def base_losses(base: nn.Module, spec: Spec, taskset: AnyTaskSet,
-                device: torch.device) -> np.ndarray:
-    """Every task's validation loss under θ0 (the no-fine-tuning predictor)."""
-    return model_validation_losses(base, spec, taskset, np.arange(taskset.num_tasks), device)
+                device: torch.device, target: TruthTarget = "loss") -> np.ndarray:
+    """Every task's validation figure under θ0 (the no-fine-tuning predictor)."""
+    return model_validation_losses(base, spec, taskset, np.arange(taskset.num_tasks), device,
+                                   target=target)
 
 
 def linearization_error(base: nn.Module, tuned: nn.Module, projection: dict[str, torch.Tensor],
