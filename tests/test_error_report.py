@@ -88,3 +88,14 @@ def test_flop_counter_counts_a_matrix_product_and_the_comparison_scales_it():
     prepared = flop_comparison(10.0, 100, 50.0, 1000.0, 20, preparation_flops=500.0)
     assert prepared["estimates"] == 500 + 50 * 20
     assert prepared["ratio"] == pytest.approx(2500 / 20000)
+
+
+def test_a_perfectly_ranked_task_leaves_the_relative_figures_finite():
+    # 1 − AP is 0 for a task ranked perfectly: relative figures skip those pairs.
+    tasks = np.repeat(np.arange(2), 3)
+    truth = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    base = np.array([0.0, 0.0, 0.0, 0.2, 0.2, 0.2])
+    report = error_report(truth + 0.1, truth, base, tasks)
+    assert report["mean_relative_error"] == pytest.approx(np.mean(0.1 / truth[1:]))
+    assert report["mean_true_change"] == pytest.approx(np.mean([0.5, 1.0, 1.5]))
+    assert np.isfinite(report["mean_change"])

@@ -66,7 +66,11 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
     NaN on pairs that were fine-tuned once only.
     """
     task_mean = np.array([truth[tasks == task].mean() for task in tasks])
-    relative = np.abs(estimate - truth) / np.abs(truth)
+    # Relative figures over pairs with a nonzero denominator (a loss always has one; 1 − AP
+    # is 0 where a task is ranked perfectly).
+    nonzero = truth != 0
+    relative = np.abs(estimate - truth)[nonzero] / np.abs(truth[nonzero])
+    based = base > 0
     report = {
         "num_pairs": int(len(truth)),
         "relative_distance": relative_distance(estimate, truth),
@@ -76,8 +80,8 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "within_task_spearman": within_task_spearman(estimate, truth, tasks),
         "base_relative_distance": relative_distance(base, truth),
         "task_mean_relative_distance": relative_distance(task_mean, truth),
-        "mean_change": float(np.mean(np.abs(estimate - base) / base)),
-        "mean_true_change": float(np.mean(np.abs(truth - base) / base)),
+        "mean_change": float(np.mean(np.abs(estimate - base)[based] / base[based])),
+        "mean_true_change": float(np.mean(np.abs(truth - base)[based] / base[based])),
     }
     report["true_noise_floor"] = float("nan")
     room = dict.fromkeys(("composition_effect", "seed_effect", "selection_gain"), float("nan"))

@@ -36,7 +36,8 @@ CPU = torch.device("cpu")
 LOSS_SCALE_FIGURES = ("relative_distance", "mean_relative_error", "median_relative_error",
                       "mean_change")
 """Figures that compare f̂ with f on the loss scale: not defined for an estimator whose f̂ is
-a score (``Estimator.predicts_losses`` false)."""
+a score (``Estimator.predicts_losses`` false), nor against a truth that records 1 − AP
+(``true_affinity.target: ap``)."""
 
 
 def scorable_tasks(taskset: AnyTaskSet) -> np.ndarray:
@@ -97,7 +98,8 @@ class ErrorStage:
         has_positive = scorable_tasks(self.taskset)
         estimator = ESTIMATORS[self.config.affinity.estimator]
         report = against_truth(estimated["losses"], true, has_positive,
-                               estimator.predicts_losses)
+                               estimator.predicts_losses
+                               and self.config.true_affinity.target == "loss")
         report["estimator"] = estimator.name
         seconds = self.run.stage_seconds()
         num_subsets = len(estimated["subsets"])
