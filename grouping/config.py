@@ -303,16 +303,23 @@ class FirstOrderConfig(_Strict):
     normalize: bool = False
 
 
+TruthTarget = Literal["loss", "ap"]
+"""What the true f(S, i) records of a task on the validation rows (TrueAffinityConfig,
+LookaheadConfig)."""
+
+
 class LookaheadConfig(_Strict):
     """The lookahead estimator (grouping.affinity.estimators.lookahead): θ0 fine-tuned on each
     subset for ``epochs`` epochs at ``lr`` (null: the fine-tuning rate, true_affinity.lr or
-    train.lr) in mini-batches of ``batch_size`` rows (null: train.batch_size), f̂ the mean of
-    the validation losses over ``seeds`` such runs."""
+    train.lr) in mini-batches of ``batch_size`` rows (null: train.batch_size), f̂ the mean
+    over ``seeds`` such runs of each task's validation ``target`` (its loss, or 1 − its
+    average precision, as ``true_affinity.target``)."""
 
     epochs: int = Field(3, ge=1)
     seeds: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
+    target: TruthTarget = "loss"
 
 
 class AffinityConfig(_Strict):
@@ -371,10 +378,6 @@ class AffinityConfig(_Strict):
         if method is False:
             raise ValueError("expected 'gradtag' or 'true', found the boolean false")
         return method
-
-
-TruthTarget = Literal["loss", "ap"]
-"""What the true f(S, i) records of a task on the validation rows (TrueAffinityConfig)."""
 
 
 class TrueAffinityConfig(_Strict):
@@ -565,9 +568,11 @@ class RunConfig(_Strict):
             raise ValueError(f"train.{field}: applies to binary-label task sets; an "
                              "instructions task set trains on the answer's loss and stops on "
                              "its validation loss (remove the field)")
-        if isinstance(self.taskset, InstructionsTaskSet) and self.true_affinity.target == "ap":
-            raise ValueError("true_affinity.target: 'ap' applies to binary-label task sets; "
-                             "an instructions task set's truth is its answer loss (use 'loss')")
+        for field, target in (("true_affinity.target", self.true_affinity.target),
+                              ("affinity.lookahead.target", self.affinity.lookahead.target)):
+            if isinstance(self.taskset, InstructionsTaskSet) and target == "ap":
+                raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
+                                 "instructions task set's truth is its answer loss (use 'loss')")
         if isinstance(self.taskset, InstructionsTaskSet) and self.dmtg.enabled:
             raise ValueError("dmtg.enabled: DMTG branches a SIGN-MLP trunk; it is not "
                              "available for instructions task sets (set dmtg.enabled: false)")

@@ -222,6 +222,23 @@ def test_lookahead_batch_size_is_the_fine_tuning_batch_size(planted_base):
     assert not np.allclose(default, estimate)
 
 
+def test_lookahead_target_ap_records_one_minus_the_validation_ap(planted_base):
+    from grouping.affinity.estimators.lookahead import LookaheadEstimator
+
+    subset = np.array([0, 1, 5])
+    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 1, "target": "ap"})
+    inputs = EstimatorInputs(None, None, None, planted_base)
+    expected = fine_tune_subset(restore(planted_base.spec, planted_base.state),
+                                planted_base.spec, planted_base.taskset, subset,
+                                planted_base.training, 1, planted_base.seed + SEED_OFFSET,
+                                torch.device("cpu"), "ap")["losses"]
+    estimate = _estimate(options, subset[None], inputs)[0]
+    assert np.allclose(estimate, expected) and np.all((estimate >= 0) & (estimate <= 1))
+    assert LookaheadEstimator.predicted_figure(options) == "ap"
+    assert ESTIMATORS["surrogate"].predicted_figure(options) == "loss"
+    assert ESTIMATORS["first_order"].predicted_figure(options) is None
+
+
 def test_an_unknown_estimator_names_the_field():
     with pytest.raises(ConfigError, match="affinity.estimator"):
         parse_config(small_sbm_config(affinity={"estimator": "oracle"}))

@@ -128,6 +128,9 @@ def test_instruction_config_mistakes_name_their_field(tmp_path):
     with pytest.raises(ConfigError, match=r"^config: true_affinity\.target: 'ap' applies to "
                                           r"binary-label task sets"):
         parse_config(_config(_suite(), true_affinity={"target": "ap"}))
+    with pytest.raises(ConfigError, match=r"^config: affinity\.lookahead\.target: 'ap' "):
+        parse_config(_config(_suite(), affinity={"subset_size": 3,
+                                                 "lookahead": {"target": "ap"}}))
     with pytest.raises(ConfigError, match=r"^language_model\.name_or_path: not a local model "):
         parse_config(_config(_suite(), language_model={"name_or_path": str(tmp_path / "no")}))
     with pytest.raises(ConfigError, match=r"^taskset: num_tasks must equal"):

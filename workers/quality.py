@@ -158,8 +158,8 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
         losses = compute_subset_losses(subsets, rows, f0, gradients, options, config.ray,
                                        base=base)
         seconds = time.perf_counter() - start
-        report = against_truth(losses, true, scorable, estimator.predicts_losses
-                               and config.true_affinity.target == "loss")
+        report = against_truth(losses, true, scorable, estimator.predicted_figure(options)
+                               == config.true_affinity.target)
         report["estimate_seconds"] = seconds + (gradient_seconds
                                                 if estimator.uses_gradient_features else 0.0)
         report["estimator_seconds"] = seconds

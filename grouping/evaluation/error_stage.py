@@ -35,9 +35,10 @@ CPU = torch.device("cpu")
 
 LOSS_SCALE_FIGURES = ("relative_distance", "mean_relative_error", "median_relative_error",
                       "mean_change")
-"""Figures that compare f̂ with f on the loss scale: not defined for an estimator whose f̂ is
-a score (``Estimator.predicts_losses`` false), nor against a truth that records 1 − AP
-(``true_affinity.target: ap``)."""
+"""Figures that compare f̂ with f on their own scale: not defined for an estimator whose f̂
+is a score (``Estimator.predicts_losses`` false), nor where f̂ predicts another figure than
+the truth records (a loss against 1 − AP: ``Estimator.predicted_figure``,
+``true_affinity.target``)."""
 
 
 def scorable_tasks(taskset: AnyTaskSet) -> np.ndarray:
@@ -57,7 +58,7 @@ def true_wall_seconds(seconds: np.ndarray, num_subsets: int, num_workers: int) -
 
 
 def against_truth(estimate: np.ndarray, true: dict[str, np.ndarray], scorable: np.ndarray,
-                  predicts_losses: bool = True) -> dict:
+                  same_scale: bool = True) -> dict:
     """:func:`error_report` of estimated losses [m, s] of all sampled subsets against the
     arrays of ``true_losses.npz``, over the pairs whose task is ``scorable`` [T]."""
     tasks = true["subsets"].ravel()
@@ -66,7 +67,7 @@ def against_truth(estimate: np.ndarray, true: dict[str, np.ndarray], scorable: n
     repeat = true["losses_repeat"].ravel()[keep] if "losses_repeat" in true else None
     report = error_report(estimate[keep], true["losses"].ravel()[keep],
                           true["base_losses"][tasks][keep], tasks[keep], repeat)
-    if not predicts_losses:
+    if not same_scale:
         report.update(dict.fromkeys(LOSS_SCALE_FIGURES, float("nan")))
     return report
 
@@ -98,8 +99,8 @@ class ErrorStage:
         has_positive = scorable_tasks(self.taskset)
         estimator = ESTIMATORS[self.config.affinity.estimator]
         report = against_truth(estimated["losses"], true, has_positive,
-                               estimator.predicts_losses
-                               and self.config.true_affinity.target == "loss")
+                               estimator.predicted_figure(self.config.affinity)
+                               == self.config.true_affinity.target)
         report["estimator"] = estimator.name
         seconds = self.run.stage_seconds()
         num_subsets = len(estimated["subsets"])

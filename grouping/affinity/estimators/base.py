@@ -86,6 +86,14 @@ class Estimator(ABC):
         self.options = options
 
     @classmethod
+    def predicted_figure(cls, options: AffinityConfig) -> str | None:
+        """What f̂ predicts of a task on the validation rows under ``options``: ``loss`` (a
+        predicted validation loss), ``ap`` (1 − average precision), or None (a score). The
+        error report compares f̂ with f on their own scale only where this is the figure the
+        truth records."""
+        return "loss" if cls.predicts_losses else None
+
+    @classmethod
     def applies_to(cls, taskset: AnyTaskSet) -> bool:
         """Whether the estimator can run on ``taskset`` (binary labels where it needs them)."""
         return not cls.binary_labels_only or isinstance(taskset, TaskSet)

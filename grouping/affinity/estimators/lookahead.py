@@ -6,8 +6,10 @@ f̂(S, i) is task i's validation loss after θ0 is fine-tuned on S for ``lookahe
 epochs (a fixed schedule, Adam at ``lookahead.lr``, or the fine-tuning rate, in batches of
 ``lookahead.batch_size`` rows, or the training batch size), the same loop
 as the fine-tune truth over a fraction of its epochs, averaged over ``lookahead.seeds``
-batch orders. Each lookahead draws its batches from seeds of its own (:data:`SEED_OFFSET`),
-so that it never shares a batch order with the error report's truth.
+batch orders; with ``lookahead.target: ap``, 1 − the task's validation average precision
+instead of its loss (the figure an AP truth records). Each lookahead draws its batches from
+seeds of its own (:data:`SEED_OFFSET`), so that it never shares a batch order with the error
+report's truth.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from grouping.affinity.estimators.base import Estimator, EstimatorInputs
 from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.config import AffinityConfig
 from grouping.models import restore
 
 SEED_OFFSET = 3
@@ -36,6 +39,10 @@ class LookaheadEstimator(Estimator):
     uses_gradient_features = False
     needs_base_model = True
 
+    @classmethod
+    def predicted_figure(cls, options: AffinityConfig) -> str | None:
+        return options.lookahead.target
+
     def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,
                  device: torch.device | str = "cpu") -> np.ndarray:
         base = inputs.base
@@ -48,6 +55,7 @@ class LookaheadEstimator(Estimator):
         seeds = base.seed + SEED_OFFSET + np.arange(options.seeds)
         return np.stack([
             np.mean([fine_tune_subset(model, base.spec, base.taskset, subset, training,
-                                      options.epochs, int(seed), device)["losses"]
+                                      options.epochs, int(seed), device,
+                                      options.target)["losses"]
                      for seed in seeds], axis=0)
             for subset in subsets])
