@@ -61,5 +61,5 @@ def test_the_estimate_is_judged_against_the_noise_floor():
     room = estimate_information({"within_task_spearman": 0.5, "true_noise_floor": 0.6,
                                  "true_composition_effect": 0.004, "true_seed_effect": 0.012,
                                  "true_selection_gain": 0.002})
-    assert "move its true loss by 0.4%" in room and "one training seed by 1.2%" in room
+    assert "move its true figure by 0.4%" in room and "one training seed by 1.2%" in room
     assert "saves 0.2% under the other" in room

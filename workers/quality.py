@@ -38,6 +38,7 @@ from grouping.affinity.subsets import subsets_for_coverage
 from grouping.artifacts import RunDirectory
 from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config, parse_config
 from grouping.evaluation.comparison import format_value, gap, summarize_rows
+from grouping.evaluation.error_report import ROOM_FIGURES
 from grouping.evaluation.error_stage import against_truth, scorable_tasks, true_wall_seconds
 from grouping.models import spec_from_dict
 from grouping.tasksets import AnyTaskSet
@@ -45,7 +46,7 @@ from workers.estimates import compute_subset_losses
 from workers.pipeline import Pipeline
 
 PROTOCOLS = ("from_scratch", "fine_tune")
-ROOM_FIGURES = ("noise_floor", "composition_effect", "seed_effect", "selection_gain")
+TRUTH_FIGURES = ("noise_floor", *ROOM_FIGURES)
 """The truth's own figures (error_report.json's ``true_*``): its agreement between two
 seeds and the room it leaves for grouping (:func:`grouping.evaluation.error_report.
 room_for_grouping`)."""
@@ -243,7 +244,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     by_truth, effects = {}, {}
     for protocol, run in runs.items():
         report = run.read_json("error_report.json")
-        effects[protocol] = {key: report.get(f"true_{key}") for key in ROOM_FIGURES}
+        effects[protocol] = {key: report.get(f"true_{key}") for key in TRUTH_FIGURES}
         start = time.perf_counter()
         variants = variant_reports(run, config, taskset, settings.variants)
         seconds[f"{protocol}_variants"] = time.perf_counter() - start
@@ -368,7 +369,7 @@ def markdown(name: str, figures: dict) -> list[str]:
     lines += estimator_table(figures)
     lines += ["", "| truth protocol | noise floor | composition effect | seed effect | "
               "selection gain |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join([protocol, *(format_value(effect[key]) for key in ROOM_FIGURES)])
+    lines += ["| " + " | ".join([protocol, *(format_value(effect[key]) for key in TRUTH_FIGURES)])
               + " |" for protocol, effect in figures.get("truth_effects", {}).items()]
     if figures["rows"] and any(figures["oracle_beats_random"].values()):
         lines += ["", f"Target truth: {figures['truth']['protocol']} (its oracle groups beat "

@@ -24,16 +24,20 @@ def within_task_spearman(first: np.ndarray, second: np.ndarray, tasks: np.ndarra
     return float(np.mean(values)) if values else float("nan")
 
 
+ROOM_FIGURES = ("composition_effect", "seed_effect", "selection_gain")
+"""The figures of :func:`room_for_grouping` (``true_``-prefixed in the error report)."""
+
+
 def room_for_grouping(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> dict:
-    """How far the choice of a task's subset moves its true loss, from two training seeds of
-    the truth over the same (S, i) pairs; medians over tasks with at least three subsets, each
-    as a fraction of the task's mean loss.
+    """How far the choice of a task's subset moves its true figure (its loss, or 1 − AP),
+    from two training seeds of the truth over the same (S, i) pairs; medians over tasks with
+    at least three subsets, each as a fraction of the task's mean figure.
 
     A one-way variance-components split (the intraclass decomposition behind test-retest
-    reliability), per task over its subsets s with losses a_s, b_s under the two seeds:
+    reliability), per task over its subsets s with figures a_s, b_s under the two seeds:
     ``composition_effect`` = √max(cov_s(a, b), 0), the standard deviation that repeats between
     seeds; ``seed_effect`` = √(var_s(a − b) / 2), what one seed adds. ``selection_gain``: the
-    loss saved by taking the subset that is best under one seed, measured under the other
+    figure saved by taking the subset that is best under one seed, measured under the other
     (mean_s b − b at argmin a, and the same with the seeds swapped, averaged) — what an oracle
     that knows each task's best subset could gain, free of the winner's curse. Both near zero:
     no grouping can be told apart from random groups on this task set, whatever the
@@ -51,10 +55,9 @@ def room_for_grouping(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) 
         seed.append(np.sqrt(np.var(a - b, ddof=1) / 2) / scale)
         gain.append((b.mean() - b[np.argmin(a)] + a.mean() - a[np.argmin(b)]) / 2 / scale)
     if not composition:
-        return dict.fromkeys(("composition_effect", "seed_effect", "selection_gain"),
-                             float("nan"))
-    return {"composition_effect": float(np.median(composition)),
-            "seed_effect": float(np.median(seed)), "selection_gain": float(np.median(gain))}
+        return dict.fromkeys(ROOM_FIGURES, float("nan"))
+    return dict(zip(ROOM_FIGURES, (float(np.median(values))
+                                   for values in (composition, seed, gain))))
 
 
 def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, tasks: np.ndarray,
@@ -84,7 +87,7 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "mean_true_change": float(np.mean(np.abs(truth - base)[based] / base[based])),
     }
     report["true_noise_floor"] = float("nan")
-    room = dict.fromkeys(("composition_effect", "seed_effect", "selection_gain"), float("nan"))
+    room = dict.fromkeys(ROOM_FIGURES, float("nan"))
     if truth_repeat is not None:
         repeated = np.isfinite(truth_repeat)
         report["true_noise_floor"] = within_task_spearman(

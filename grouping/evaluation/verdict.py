@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grouping.evaluation.comparison import METRIC_LABELS, Gap, format_mean, gap
+from grouping.evaluation.error_report import ROOM_FIGURES
 
 ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
               "spectral": "spectral groups of the estimate", "true": "true-affinity groups",
@@ -61,10 +62,9 @@ def estimate_information(report: dict | None) -> str | None:
     sentence = (f"The affinity estimate {judgement} on this task set: within-task Spearman "
                 f"{rho:.2f} against the truth, whose own seed-to-seed agreement is {floor:.2f} "
                 f"({ratio:.0%} of it; 0 is chance).")
-    room = [report.get(f"true_{key}") for key in ("composition_effect", "seed_effect",
-                                                   "selection_gain")]
+    room = [report.get(f"true_{key}") for key in ROOM_FIGURES]
     if all(value is not None and value == value for value in room):
-        sentence += (f" The room grouping has: a task's subsets move its true loss by "
+        sentence += (f" The room grouping has: a task's subsets move its true figure by "
                      f"{room[0]:.1%} (standard deviation, what repeats between seeds), one "
                      f"training seed by {room[1]:.1%}; its best subset under one seed saves "
                      f"{room[2]:.1%} under the other.")

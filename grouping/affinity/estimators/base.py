@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from grouping.affinity.rows import RowTable
-from grouping.config import AffinityConfig, TrainConfig
+from grouping.config import AffinityConfig, TrainConfig, TruthTarget
 from grouping.models import Spec
 from grouping.tasksets import TRAIN, VAL, AnyTaskSet, TaskSet
 
@@ -86,7 +86,7 @@ class Estimator(ABC):
         self.options = options
 
     @classmethod
-    def predicted_figure(cls, options: AffinityConfig) -> str | None:
+    def predicted_figure(cls, options: AffinityConfig) -> TruthTarget | None:
         """What f̂ predicts of a task on the validation rows under ``options``: ``loss`` (a
         predicted validation loss), ``ap`` (1 − average precision), or None (a score). The
         error report compares f̂ with f on their own scale only where this is the figure the

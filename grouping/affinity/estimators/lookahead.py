@@ -21,7 +21,7 @@ import torch
 
 from grouping.affinity.estimators.base import Estimator, EstimatorInputs
 from grouping.affinity.true_affinity import fine_tune_subset
-from grouping.config import AffinityConfig
+from grouping.config import AffinityConfig, TruthTarget
 from grouping.models import restore
 
 SEED_OFFSET = 3
@@ -40,7 +40,7 @@ class LookaheadEstimator(Estimator):
     needs_base_model = True
 
     @classmethod
-    def predicted_figure(cls, options: AffinityConfig) -> str | None:
+    def predicted_figure(cls, options: AffinityConfig) -> TruthTarget | None:
         return options.lookahead.target
 
     def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,
