@@ -229,8 +229,9 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     target: the truth whose oracle gains most over random groups; the first protocol when no
     groups were trained), num_subsets, repeated_subsets, seeds, pair_coverage};
     ``truth_effects`` {protocol: {noise_floor, composition_effect, seed_effect,
-    selection_gain}} (what a task's subset moves of its true loss, what one seed adds, what
-    choosing its best subset saves under another seed, as fractions of the loss:
+    selection_gain}} (what a task's subset moves of its true figure, what one seed adds,
+    what choosing its best subset saves under another seed, as fractions of the figure, the
+    loss or 1 − AP:
     :func:`grouping.evaluation.error_report.room_for_grouping`); ``rows``
     [{grouping, optimizer, n_seeds, num_groups, deterministic, mean_/se_ of the primary and
     secondary test metrics, worst_/se_worst_ of the primary}] (empty with
