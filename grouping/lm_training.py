@@ -4,7 +4,7 @@ true fine-tuning runs all go through :func:`train_lm`.
 The training loss is the answer tokens' cross-entropy (and the closing eos), averaged per
 example. A task's loss for validation, early stopping, the surrogate and true affinity is the
 output function's: the mean over its examples of −log σ(f(x)), with f the gold answer's
-log-odds (:mod:`grouping.affinity.lm_outputs`). Test metrics: exact match (greedy decoding
+log-odds (:mod:`grouping.models.lm_outputs`). Test metrics: exact match (greedy decoding
 reproduces the gold answer, judged by teacher forcing: every answer position's argmax is the
 gold token, the eos included) and token accuracy.
 """
@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy, softplus
 
-from grouping.affinity.lm_outputs import logodds_from_logits, token_logits
 from grouping.config import LanguageModelConfig, OptimizerName, TrainConfig
 from grouping.models.lm_batches import EncodedExamples, encode_examples
+from grouping.models.lm_outputs import logodds_from_logits, token_logits
 from grouping.models.lora_lm import LMSpec, adapter_state, build_lm, load_adapter
 from grouping.optim import ADATASK_OPTIMIZERS, task_gradients
 from grouping.tasksets import TEST, TRAIN, VAL

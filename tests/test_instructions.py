@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from grouping.affinity.computers import GradientComputer
-from grouping.affinity.lm_outputs import answer_logodds, lm_output_gradients, token_logodds
+from grouping.affinity.lm_outputs import lm_output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.affinity.rows import build_rows
 from grouping.artifacts import RunDirectory
@@ -22,6 +22,7 @@ from grouping.config import ConfigError, InstructionsTaskSet, TrainConfig, parse
 from grouping.lm_training import encode_for, evaluate_examples, train_lm
 from grouping.models import restore, spec_from_dict, spec_to_dict
 from grouping.models.char_tokenizer import CharTokenizer
+from grouping.models.lm_outputs import answer_logodds, token_logodds
 from grouping.models.lora_lm import LMSpec, adapter_state, build_lm
 from grouping.tasksets import TEST, TRAIN, VAL, build_taskset
 from grouping.tasksets.instruction_suite import SKILLS, generate_suite

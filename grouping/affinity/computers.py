@@ -14,9 +14,10 @@ from grouping.affinity.kronecker import (
     make_projector,
     projected_output_gradients,
 )
-from grouping.affinity.lm_outputs import answer_logodds, lm_output_gradients
+from grouping.affinity.lm_outputs import lm_output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.models import Spec, restore
+from grouping.models.lm_outputs import answer_logodds
 from grouping.models.lora_lm import LMSpec
 from grouping.tasksets import AnyTaskSet
 
