@@ -343,7 +343,7 @@ class AffinityConfig(_Strict):
     reaches −0.12-0.30; it costs about 3/10 of that truth per subset, so on task sets of
     thousands of subsets on large graphs ``surrogate`` is the scalable choice.
 
-    ``projection`` of the output gradients (grouping.affinity.kronecker): ``dense`` (a
+    ``projection`` of the output gradients (grouping.affinity.projectors): ``dense`` (a
     Gaussian block per parameter), ``kronecker`` (per linear layer P_out ⊗ P_in, never forming
     the per-example gradient; d_out·d_in ≤ projection_dim, the most balanced factors) or
     ``kronecker+dense`` (Kronecker to ``intermediate_dim``, then dense down to

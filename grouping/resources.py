@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 
 from grouping.affinity.computers import feature_dim
-from grouping.affinity.surrogate import PRECONDITION_ROWS
+from grouping.affinity.surrogate_schedule import PRECONDITION_ROWS
 from grouping.config import ConfigError, RunConfig
 from grouping.tasksets.base import TRAIN, VAL, TaskSet
 

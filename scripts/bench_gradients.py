@@ -3,12 +3,13 @@ SIGN-MLP 512→256→256→100, rows (example, random task).
 
 Options: ``loop`` (one ``torch.autograd.grad`` call per row, the gradients stacked and projected
 by the dense P, as the reference Grad-TAG code does), ``vmap`` (``output_gradients``: vmap of
-grad, dense P), and the projectors of ``grouping.affinity.kronecker``: ``dense`` (the same P),
-``kronecker`` (d_out·d_in ≤ --dim) and ``kronecker+dense`` (Kronecker to --intermediate-dim,
-then dense to --dim). The bound is one [rows, D] × [D, d] matmul, the projection alone of
-already formed gradients. Rows/s are medians over interleaved rounds; the fidelity of each
-option is the Pearson correlation of its feature inner products with the exact gradient inner
-products over all distinct pairs (i < j, squared norms left out) of --fidelity-rows rows.
+grad, dense P), and the projectors of ``grouping.affinity.projectors`` run by the hook engine
+of ``grouping.affinity.hook_gradients``: ``dense`` (the same P), ``kronecker`` (d_out·d_in ≤
+--dim) and ``kronecker+dense`` (Kronecker to --intermediate-dim, then dense to --dim). The
+bound is one [rows, D] × [D, d] matmul, the projection alone of already formed gradients.
+Rows/s are medians over interleaved rounds; the fidelity of each option is the Pearson
+correlation of its feature inner products with the exact gradient inner products over all
+distinct pairs (i < j, squared norms left out) of --fidelity-rows rows.
 Inputs are N(0, 1) and tasks uniform, so that distinct rows have nearly orthogonal gradients:
 a hard case for any projection.
 
@@ -34,14 +35,12 @@ from bench_cli import add_common_arguments, limit_threads, write_figures  # noqa
 from timing import median_seconds  # noqa: E402
 
 from grouping.affinity.gradients import output_gradients  # noqa: E402
-from grouping.affinity.kronecker import (  # noqa: E402
-    PROJECTIONS,
-    Projector,
+from grouping.affinity.hook_gradients import (  # noqa: E402
     head_logits,
-    make_projector,
     projected_output_gradients,
 )
 from grouping.affinity.projection import dense_projection  # noqa: E402
+from grouping.affinity.projectors import PROJECTIONS, Projector, make_projector  # noqa: E402
 from grouping.models import ModelSpec, build_model  # noqa: E402
 from grouping.training import resolve_device  # noqa: E402
 

@@ -42,7 +42,7 @@ from timing import median_seconds  # noqa: E402
 
 from grouping.affinity.rows import RowTable  # noqa: E402
 from grouping.affinity.subsets import sample_subsets  # noqa: E402
-from grouping.affinity.surrogate import subset_losses, weighted_task_losses  # noqa: E402
+from grouping.affinity.surrogate import subset_losses  # noqa: E402
 from grouping.training import resolve_device  # noqa: E402
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -67,6 +67,13 @@ def synthetic_rows(num_tasks: int, train_rows: int, val_rows: int, dim: int,
     rows = RowTable(np.arange(count) % per_task, task, split, labels,
                     np.ones(count, np.float32), offsets)
     return rows, features
+
+
+def weighted_task_losses(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                         segments: list[slice]) -> np.ndarray:
+    """Weighted mean binary cross-entropy of each row segment (one segment per task)."""
+    losses = np.logaddexp(0.0, logits) - labels * logits
+    return np.array([np.average(losses[s], weights=weights[s]) for s in segments])
 
 
 def sklearn_losses(subsets: np.ndarray, rows: RowTable, gradients: np.ndarray, l2: float,

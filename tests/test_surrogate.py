@@ -7,15 +7,12 @@ import pytest
 import torch
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
+from surrogate_helpers import problem_blocks, weighted_task_losses
 
-from grouping.affinity import surrogate
+from grouping.affinity import surrogate_layout, surrogate_schedule, surrogate_solver
 from grouping.affinity.rows import RowTable
-from grouping.affinity.surrogate import (
-    fit_logistic_offset,
-    problem_blocks,
-    subset_losses,
-    weighted_task_losses,
-)
+from grouping.affinity.surrogate import subset_losses
+from grouping.affinity.surrogate_solver import fit_logistic_offset
 
 
 def _problem(rng: np.random.Generator, rows: int, dim: int, offset_scale: float = 0.0):
@@ -123,13 +120,13 @@ def test_float32_stops_at_its_resolution(monkeypatch):
     rng = np.random.default_rng(5)
     problems = [_problem(rng, rows, 20) for rows in (300, 400)]
     steps = []
-    newton_direction = surrogate._newton_direction
+    newton_direction = surrogate_solver._newton_direction
 
     def counted(*args):
         steps.append(1)
         return newton_direction(*args)
 
-    monkeypatch.setattr(surrogate, "_newton_direction", counted)
+    monkeypatch.setattr(surrogate_solver, "_newton_direction", counted)
     fast = fit_logistic_offset(problem_blocks(problems, torch.float32), 0.05, tolerance=1e-14)
     assert len(steps) < 15
     exact = fit_logistic_offset(problem_blocks(problems), 0.05, tolerance=1e-12)
@@ -156,14 +153,14 @@ def test_groups_of_subsets_do_not_change_the_losses(monkeypatch):
     rows, f0, gradients = _row_table(rng, 8, 10)
     subsets = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [5, 6, 7], [0, 3, 7]])
     together = subset_losses(subsets, rows, f0, gradients, l2=0.1)
-    monkeypatch.setattr(surrogate, "CPU_CACHE_BYTES", 1)
-    monkeypatch.setattr(surrogate, "CPU_PAIR_ROWS", 1)
+    monkeypatch.setattr(surrogate_schedule, "CPU_CACHE_BYTES", 1)
+    monkeypatch.setattr(surrogate_schedule, "CPU_PAIR_ROWS", 1)
     alone = subset_losses(subsets, rows, f0, gradients, l2=0.1)
     assert np.allclose(alone, together, rtol=1e-9, atol=0)
     row_bytes = 10 * 8
     budget = 300 * row_bytes
-    monkeypatch.setattr(surrogate, "CPU_CACHE_BYTES", budget)
-    runs = surrogate._groups(subsets, rows, 10, torch.float64, torch.device("cpu"))
+    monkeypatch.setattr(surrogate_schedule, "CPU_CACHE_BYTES", budget)
+    runs = surrogate_schedule.subset_groups(subsets, rows, 10, torch.float64, torch.device("cpu"))
     assert 1 < len(runs) < len(subsets)
     train = rows.offsets[:, 1] - rows.offsets[:, 0]
     for run in runs:
@@ -218,7 +215,7 @@ def _objective_at(problem, l2: float):
 def test_task_curvatures_are_the_hessian_at_zero_times_the_weight():
     rng = np.random.default_rng(9)
     rows, f0, gradients = _row_table(rng, 3, 6)
-    curvatures = surrogate.task_curvatures(rows, f0, gradients)
+    curvatures = surrogate_solver.task_curvatures(rows, f0, gradients)
     for task in range(3):
         train = np.arange(rows.offsets[task, 0], rows.offsets[task, 1])
         problem = (gradients[train], f0[train], rows.label[train], rows.weight[train])
@@ -232,12 +229,12 @@ def test_preconditioning_changes_the_path_not_the_solution(monkeypatch):
     rng = np.random.default_rng(10)
     rows, f0, gradients = _row_table(rng, 8, 12)
     subsets = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [1, 6, 7]])
-    monkeypatch.setattr(surrogate, "PRECONDITION_ROWS", 0.0)
-    assert surrogate.preconditioned(subsets, rows, 12)
+    monkeypatch.setattr(surrogate_schedule, "PRECONDITION_ROWS", 0.0)
+    assert surrogate_schedule.preconditioned(subsets, rows, 12)
     with_curvature = subset_losses(subsets, rows, f0, gradients, l2=0.1)
     given = subset_losses(subsets, rows, f0, gradients, l2=0.1,
-                          curvatures=surrogate.task_curvatures(rows, f0, gradients))
-    monkeypatch.setattr(surrogate, "PRECONDITION_ROWS", np.inf)
+                          curvatures=surrogate_solver.task_curvatures(rows, f0, gradients))
+    monkeypatch.setattr(surrogate_schedule, "PRECONDITION_ROWS", np.inf)
     plain = subset_losses(subsets, rows, f0, gradients, l2=0.1)
     assert np.allclose(with_curvature, plain, rtol=1e-6, atol=0)
     assert np.array_equal(with_curvature, given)
@@ -248,20 +245,20 @@ def test_first_preconditioned_newton_system_takes_one_iteration(monkeypatch):
     problems = [_problem(rng, rows, 15, offset_scale=1.0) for rows in (300, 200)]
     blocks = problem_blocks(problems)
     passes = []
-    forward = surrogate.TaskBlocks.forward
+    forward = surrogate_layout.TaskBlocks.forward
 
     def counted(self, vectors):
         passes.append(1)
         return forward(self, vectors)
 
-    monkeypatch.setattr(surrogate.TaskBlocks, "forward", counted)
+    monkeypatch.setattr(surrogate_layout.TaskBlocks, "forward", counted)
     prob = torch.sigmoid(blocks.offset)
     share = blocks.weight / blocks.per_subset(blocks.weight)[blocks.row_subset]
     gradient = blocks.backward(share * (prob - blocks.label))
-    inverse = surrogate._preconditioner(surrogate._block_curvatures(blocks),
-                                        blocks.per_subset(blocks.weight), 0.1)
-    step, _ = surrogate._newton_direction(blocks, inverse, share * prob * (1 - prob), gradient,
-                                          0.1)
+    inverse = surrogate_solver._preconditioner(surrogate_solver._block_curvatures(blocks),
+                                               blocks.per_subset(blocks.weight), 0.1)
+    step, _ = surrogate_solver._newton_direction(blocks, inverse, share * prob * (1 - prob),
+                                                 gradient, 0.1)
     assert len(passes) == 1
     for number, problem in enumerate(problems):
         zero = torch.zeros(15, dtype=torch.float64)
@@ -285,8 +282,8 @@ def test_task_major_passes_equal_subset_by_subset_products():
     rng = np.random.default_rng(13)
     rows, f0, gradients = _row_table(rng, 6, 7)
     subsets = np.array([[0, 1, 2], [1, 2, 3], [0, 4, 5]])
-    blocks = surrogate._subset_blocks(subsets, 0, rows, f0, gradients, torch.float64,
-                                      torch.device("cpu"))
+    blocks = surrogate_layout.subset_blocks(subsets, 0, rows, f0, gradients, torch.float64,
+                                            torch.device("cpu"))
     vectors = torch.tensor(rng.normal(size=(3, 7)))
     weighted_forward = blocks.per_subset(blocks.weight * blocks.forward(vectors)).numpy()
     backward = blocks.backward(blocks.weight * blocks.offset).numpy()
@@ -318,8 +315,8 @@ def test_every_batch_fits_as_the_driver_decided(ray_session):
     rows = RowTable(np.arange(count), task, split, labels, np.ones(count, np.float32), offsets)
     subsets = np.array([[0, 1], [2, 3], [0, 2], [1, 3], [4, 5], [6, 7], [4, 6], [5, 7]])
     long, short = subsets[:4], subsets[4:]
-    assert surrogate.preconditioned(long, rows, dim)
-    assert not surrogate.preconditioned(subsets, rows, dim)
+    assert surrogate_schedule.preconditioned(long, rows, dim)
+    assert not surrogate_schedule.preconditioned(subsets, rows, dim)
     options = AffinityConfig(estimator="surrogate", l2=0.1)
     losses = compute_subset_losses(subsets, rows, f0, gradients, options,
                                    RayConfig(num_workers=2, subsets_per_batch=4))

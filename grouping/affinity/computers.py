@@ -8,14 +8,10 @@ import numpy as np
 import torch
 
 from grouping.affinity.gradients import output_gradients
-from grouping.affinity.kronecker import (
-    head_logits,
-    kronecker_factors,
-    make_projector,
-    projected_output_gradients,
-)
+from grouping.affinity.hook_gradients import head_logits, projected_output_gradients
 from grouping.affinity.lm_outputs import lm_output_gradients
 from grouping.affinity.projection import dense_projection
+from grouping.affinity.projectors import kronecker_factors, make_projector
 from grouping.models import Spec, restore
 from grouping.models.lm_outputs import answer_logodds
 from grouping.models.lora_lm import LMSpec
@@ -36,7 +32,8 @@ class GradientComputer:
     The projection covers the trainable parameters: every parameter of a SIGN-MLP, the LoRA
     parameters of a language model. ``dense`` runs vmap of grad with per-parameter blocks;
     the Kronecker options record each linear layer's inputs and output gradients instead
-    (:mod:`grouping.affinity.kronecker`).
+    (:mod:`grouping.affinity.hook_gradients`, with the projectors of
+    :mod:`grouping.affinity.projectors`).
     """
 
     def __init__(self, spec: Spec, state: dict[str, torch.Tensor], taskset: AnyTaskSet,

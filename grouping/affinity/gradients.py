@@ -1,8 +1,16 @@
 """Output gradients at the base model: for each (example, task) row, the base logit
 f0 = f_task(x; θ0) and the projected gradient g = Pᵀ ∇θ f_task(x; θ0) (Grad-TAG, Sec. 3.1),
-computed per example with torch.func (vmap of grad), never one autograd call per example."""
+computed per example with torch.func (vmap of grad), never one autograd call per example.
+
+The pipeline's ``dense`` projection runs here (and in :mod:`grouping.affinity.lm_outputs` for
+LM adapters), not in the hook engine of :mod:`grouping.affinity.hook_gradients`, which is no
+slower (2,200 against 2,019 rows/s in the README's ``scripts/bench_gradients.py`` benchmark):
+switching would change the last bits of the affinity matrices of existing runs, whose results
+must stay bit-identical."""
 
 from __future__ import annotations
+
+from collections.abc import Container
 
 import torch
 from torch import nn
@@ -14,6 +22,18 @@ def _logit(model: nn.Module, params: dict[str, torch.Tensor], inputs: torch.Tens
     return functional_call(model, params, (inputs.unsqueeze(0),))[0] @ task_onehot
 
 
+def split_parameters(model: nn.Module, names: Container[str]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainable, frozen): the parameters of ``model`` named in ``names``, detached, and the
+    values that stay fixed: every other parameter, detached, then every buffer."""
+    trainable = {name: param.detach() for name, param in model.named_parameters()
+                 if name in names}
+    frozen = {name: param.detach() for name, param in model.named_parameters()
+              if name not in names}
+    frozen.update(dict(model.named_buffers()))
+    return trainable, frozen
+
+
 def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inputs: torch.Tensor,
                      tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Base logits [B] and projected output gradients [B, d] for rows (inputs[b], tasks[b]).
@@ -22,11 +42,7 @@ def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inpu
     is taken with respect to exactly those parameters (the rest stay fixed).
     """
     model.eval()
-    params = {name: param.detach() for name, param in model.named_parameters()
-              if name in projection}
-    buffers = {name: param.detach() for name, param in model.named_parameters()
-               if name not in projection}
-    buffers.update(dict(model.named_buffers()))
+    params, buffers = split_parameters(model, projection)
     num_heads = functional_call(model, {**params, **buffers}, (inputs[:1],)).shape[1]
     onehot = torch.nn.functional.one_hot(tasks, num_heads).to(inputs.dtype)
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from grouping.affinity.gradients import split_parameters
 from grouping.models.lm_outputs import answer_logodds
 
 
@@ -17,11 +18,7 @@ def lm_output_gradients(model: nn.Module, projection: dict[str, torch.Tensor],
     """Base outputs f0 [B] and projected gradients Pᵀ∇f [B, d] with respect to the parameters
     ``projection`` names (the LoRA parameters); every other parameter stays fixed."""
     model.eval()
-    params = {name: param.detach() for name, param in model.named_parameters()
-              if name in projection}
-    frozen = {name: param.detach() for name, param in model.named_parameters()
-              if name not in projection}
-    frozen.update(dict(model.named_buffers()))
+    params, frozen = split_parameters(model, projection)
 
     def output(trainable: dict[str, torch.Tensor], example: dict[str, torch.Tensor]):
         single = {key: value.unsqueeze(0) for key, value in example.items()}

@@ -3,8 +3,8 @@ base logit as offset).
 
 For subset S: logistic regression on the stacked training rows of S's tasks, p = σ(f0 + gᵀw),
 minimising the weighted mean cross-entropy plus λ‖w‖²; f̂(S, i) is task i's weighted mean
-validation cross-entropy under f0 + gᵀw_S. The batched Newton-CG solver is
-:mod:`grouping.affinity.surrogate`.
+validation cross-entropy under f0 + gᵀw_S, computed by :mod:`grouping.affinity.surrogate`
+(the batched Newton-CG solver is :mod:`grouping.affinity.surrogate_solver`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from grouping.affinity.estimators.base import Estimator, EstimatorInputs
-from grouping.affinity.surrogate import preconditioned, subset_losses, task_curvatures
+from grouping.affinity.surrogate import subset_losses
+from grouping.affinity.surrogate_schedule import preconditioned
+from grouping.affinity.surrogate_solver import task_curvatures
 
 
 class SurrogateEstimator(Estimator):

@@ -12,17 +12,19 @@ import torch
 from torch import nn
 
 from grouping.affinity.gradients import output_gradients
-from grouping.affinity.kronecker import (
-    DenseProjector,
-    KroneckerProjector,
+from grouping.affinity.hook_gradients import (
     LinearCall,
     head_logits,
-    kronecker_factors,
     linear_layers,
-    make_projector,
     projected_output_gradients,
 )
 from grouping.affinity.projection import dense_projection, projection_block
+from grouping.affinity.projectors import (
+    DenseProjector,
+    KroneckerProjector,
+    kronecker_factors,
+    make_projector,
+)
 from grouping.models import ModelSpec, build_model
 
 SPEC = ModelSpec(in_dim=12, hidden=(8, 6), num_heads=5)
