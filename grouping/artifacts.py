@@ -26,9 +26,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from grouping.config import ConfigError
-
-MANIFEST = "manifest.json"
-CONFIG = "config.yaml"
+from grouping.run_files import CONFIG, MANIFEST
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

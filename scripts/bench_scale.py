@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 from bench_cli import add_common_arguments, write_figures  # noqa: E402
 
+from grouping import run_files  # noqa: E402
 from grouping.affinity.computers import GradientComputer  # noqa: E402
 from grouping.affinity.rows import RowTable  # noqa: E402
 from grouping.artifacts import RunDirectory  # noqa: E402
@@ -106,8 +107,8 @@ def dense_reference(run: RunDirectory, pipeline: Pipeline, config: RunConfig,
     """Rows/s of the dense vmap projection on ``sample`` rows of the run's row table, on the
     gradient workers' device: the median over chunks of 1,024 rows, after a warm-up
     chunk."""
-    saved = run.load_torch("base_model.pt")
-    rows = RowTable(**run.load_arrays("gradients/rows.npz"))
+    saved = run.load_torch(run_files.BASE_MODEL)
+    rows = RowTable(**run.load_arrays(run_files.GRADIENT_ROWS))
     picked = np.random.default_rng(0).choice(len(rows), min(sample, len(rows)), replace=False)
     computer = GradientComputer(spec_from_dict(saved["spec"]), saved["state"],
                                 pipeline.taskset, config.affinity.projection_dim, config.seed,
@@ -157,12 +158,12 @@ def main() -> None:
         start = time.perf_counter()
         pipeline.execute(None if args.train_groups else "groups")
         wall = time.perf_counter() - start
-    manifest = json.loads(run.file("manifest.json").read_text())
+    manifest = json.loads(run.file(run_files.MANIFEST).read_text())
     stages = {name: record["seconds"] for name, record in manifest["stages"].items()}
     stages["taskset"] = manifest["taskset_seconds"]
-    rows = len(np.load(run.file("gradients/f0.npy"), mmap_mode="r"))
-    subsets = len(np.load(run.file("subset_losses.npz"))["subsets"])
-    groups = json.loads(run.file("groups.json").read_text())
+    rows = len(np.load(run.file(run_files.GRADIENT_F0), mmap_mode="r"))
+    subsets = len(np.load(run.file(run_files.SUBSET_LOSSES))["subsets"])
+    groups = json.loads(run.file(run_files.GROUPS).read_text())
     reference = dense_reference(run, pipeline, config, args.reference_rows)
     dense_seconds = rows / reference
     print(f"{config.taskset.num_tasks} tasks, {pipeline.taskset.num_examples} examples, "

@@ -12,11 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from grouping import run_files  # noqa: E402
 from grouping.artifacts import RunDirectory  # noqa: E402
 from grouping.config import ConfigError  # noqa: E402
 from grouping.evaluation.report import write_report  # noqa: E402
 
-REQUIRED = ("config.yaml", "manifest.json", "groups.json", "comparison.json", "affinity.npy")
+REQUIRED = (run_files.CONFIG, run_files.MANIFEST, run_files.GROUPS, run_files.COMPARISON,
+            run_files.AFFINITY)
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
 
 import grouping  # noqa: E402
 from grouping.config import ConfigError, load_config  # noqa: E402
+from workers.stages import STAGE_NAMES  # noqa: E402
 
 if TYPE_CHECKING:
     from workers.pipeline import Pipeline
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 # The installed project: `ray submit` runs a copy of this script outside the project tree.
 PROJECT = Path(grouping.__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT / "configs" / "quickstart.yaml"
-STAGES = ("linear", "base", "gradients", "estimates", "true_subsets", "affinity", "true_affinity",
-          "groups", "error_report", "dmtg", "comparison")
 
 
 def config_path(name: str) -> Path:
@@ -61,7 +60,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' output (Ray, Tune, PyG, warnings) on the "
                         "console instead of only in the run's logs/")
-    parser.add_argument("--until", choices=STAGES, help="stop after this stage (no report); "
+    parser.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage (no report); "
                         "e.g. --until groups runs the estimation and clustering only")
     return parser.parse_args(argv)
 

@@ -212,8 +212,14 @@ def test_a_killed_driver_resumes_from_the_finished_shards_of_its_stage(finished,
     assert not list(output.glob("shards/estimates-*"))
 
 
-def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finished, tmp_path):
-    run = _run(tmp_path, "true-method", affinity={"method": "true"})
+@pytest.fixture(scope="module")
+def true_method(ray_session, tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("runs"), "true-method", affinity={"method": "true"})
+
+
+def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finished,
+                                                                          true_method):
+    run = true_method
     assert "gradients" not in run.read_json("manifest.json")["stages"]
     assert np.array_equal(run.load_array("affinity.npy"),
                           finished.load_array("true_affinity.npy"))
@@ -221,6 +227,27 @@ def test_true_method_fine_tunes_every_subset_and_matches_the_true_affinity(finis
     assert {row["grouping"] for row in rows} == {"all", "true", "random", "per_task_linear"}
     assert run.read_json("groups.json")["groups"] == finished.read_json("groups.json")[
         "true_groups"]
+
+
+def test_changing_the_true_training_redoes_the_true_method_stages(true_method, tmp_path):
+    """``affinity.method: true`` trains every subset with ``true_affinity``'s settings: a
+    resumed run with other epochs retrains them and recomputes what follows."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(true_method.path, copy)
+    before = RunDirectory(copy, resume=True).manifest["stages"]
+    config = parse_config(small_sbm_config(affinity={"method": "true"},
+                                           true_affinity={"epochs": 2}))
+    Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute(until="groups")
+    resumed = RunDirectory(copy, resume=True)
+    after = resumed.manifest["stages"]
+    assert after["base"] == before["base"]
+    for stage in ("true_subsets", "affinity", "groups"):
+        assert after[stage]["digest"] != before[stage]["digest"], stage
+    assert not np.array_equal(resumed.load_arrays("subset_losses.npz")["losses"],
+                              true_method.load_arrays("subset_losses.npz")["losses"])
+    assert "epochs: 2" in resumed.file("config.yaml").read_text()
 
 
 def test_dmtg_that_cannot_fit_is_refused_before_any_stage(tmp_path):

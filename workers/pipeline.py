@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from grouping import run_files
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.computers import feature_dim
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
@@ -41,14 +42,16 @@ from workers.dmtg import run_dmtg
 from workers.estimates import compute_subset_losses
 from workers.gradients import compute_gradient_features
 from workers.linear import fit_linear
+from workers.stages import (
+    BASE_SECTIONS,
+    ESTIMATE_SECTIONS,
+    STAGES,
+    clusters_truth,
+    estimates_by_gradients,
+)
 from workers.training import train_groups
 from workers.true_affinity import fine_tune_subsets
 from workers.tuning import GroupJob, train_group_trials
-
-LINEAR_SECTIONS = ("seed", "taskset", "features")
-BASE_SECTIONS = (*LINEAR_SECTIONS, "model", "language_model", "train")
-ESTIMATE_SECTIONS = (*BASE_SECTIONS, "affinity")
-TRUE_SECTIONS = (*ESTIMATE_SECTIONS, "true_affinity")
 
 
 class Pipeline:
@@ -66,12 +69,8 @@ class Pipeline:
         self.taskset, self.taskset_seconds = taskset, taskset_seconds
         self.checked = False
         self.summary: dict | None = None
-        self.true_groups = config.true_affinity.enabled and config.true_affinity.all_subsets
-        self.true_sections = TRUE_SECTIONS + (
-            ("group_training",) if config.true_affinity.protocol == "from_scratch" else ())
-        self.group_sections = (*(self.true_sections if self.true_groups else ESTIMATE_SECTIONS),
-                               "clustering")
-        self.grouping = "gradtag" if config.affinity.method == "gradtag" else "true"
+        self.true_groups = clusters_truth(config)
+        self.grouping = "gradtag" if estimates_by_gradients(config) else "true"
 
     def _stage(self, name: str, sections: tuple[str, ...], files: list[str], compute) -> None:
         ran = self.run.run_stage(name, self.config.digest(*sections), files, compute, self.resume)
@@ -85,7 +84,7 @@ class Pipeline:
         """The result of a finished stage in a few words, read from its files (None for
         stages whose progress bar says it all)."""
         if name == "groups":
-            record = self.run.read_json("groups.json")
+            record = self.run.read_json(run_files.GROUPS)
             rule = "auto" if record["k_rule"].startswith("auto") else "given"
             text = f"k = {record['num_groups']} ({rule})"
             if record.get("ari_planted") is not None:
@@ -93,11 +92,11 @@ class Pipeline:
                 text += " families"
             return text
         if name == "error_report":
-            report = self.run.read_json("error_report.json")
+            report = self.run.read_json(run_files.ERROR_REPORT)
             return (f"within-task Spearman of the estimate {report['within_task_spearman']:.2f} "
                     f"against a noise floor of {report['true_noise_floor']:.2f}")
         if name == "comparison":
-            result = verdict(summarize_rows(self.run.read_json("comparison.json")))
+            result = verdict(summarize_rows(self.run.read_json(run_files.COMPARISON)))
             random = result.versus("random")
             if random is None:
                 return None
@@ -146,67 +145,37 @@ class Pipeline:
 
     def _stages(self) -> list[tuple[str, tuple[str, ...], list[str], Callable[[], None]]]:
         """(name, config sections its inputs depend on, files it writes, its function) of
-        every stage this config runs, in order."""
-        losses = ["subset_losses.npz", "subset_losses.csv"]
-        stages = []
-        if self._fits_linear():
-            stages.append(("linear", LINEAR_SECTIONS, ["linear_model.npz", "per_task_linear.json"],
-                           self._linear))
-        stages.append(("base", BASE_SECTIONS, ["base_model.pt", "base_metrics.json"], self._base))
-        if self.grouping == "gradtag":
-            stages += [("gradients", ESTIMATE_SECTIONS, ["gradients/rows.npz", "gradients/f0.npy",
-                                                         "gradients/features.npy"],
-                        self._gradients),
-                       ("estimates", ESTIMATE_SECTIONS, losses, self._estimates)]
-        else:
-            stages.append(("true_subsets", self.true_sections, losses, self._true_subsets))
-        stages.append(("affinity", ESTIMATE_SECTIONS, ["affinity.npy"], self._affinity))
-        if self.config.true_affinity.enabled:
-            files = ["true_losses.npz"] + (["true_affinity.npy"] if self.true_groups else [])
-            stages.append(("true_affinity", self.true_sections, files, self._true_losses))
-        stages.append(("groups", self.group_sections, ["groups.json"], self._groups))
-        if self.config.true_affinity.enabled:
-            sections = tuple(dict.fromkeys((*self.group_sections, *self.true_sections)))
-            stages.append(("error_report", sections, ["error_report.json"],
-                           self._error_report))
-        if self.config.dmtg.enabled:
-            stages.append(("dmtg", (*ESTIMATE_SECTIONS, "clustering", "dmtg", "group_training"),
-                           ["dmtg.json"], self._dmtg))
-        stages.append(("comparison", (*self.group_sections, "groups", "group_training", "dmtg"),
-                       ["comparison.json", "task_metrics.json"], self._comparison))
-        return stages
-
-    def _fits_linear(self) -> bool:
-        """Whether this run fits one logistic regression per task: binary-label task sets,
-        when models start from it or it is a compared row."""
-        return isinstance(self.taskset, TaskSet) and (
-            self.config.model.linear_start or self.config.groups.per_task_linear)
+        every stage this config runs, in order (:data:`workers.stages.STAGES`)."""
+        binary_labels = isinstance(self.taskset, TaskSet)
+        return [(stage.name, stage.sections(self.config), list(stage.files(self.config)),
+                 getattr(self, stage.method))
+                for stage in STAGES if stage.runs(self.config, binary_labels)]
 
     def _linear(self) -> None:
         start = time.perf_counter()
         fit = fit_linear(self.taskset, self.config)
         seconds = time.perf_counter() - start
-        self.run.save_arrays("linear_model.npz", **fit.as_arrays())
-        self.run.write_json("per_task_linear.json", per_task_linear(
+        self.run.save_arrays(run_files.LINEAR_MODEL, **fit.as_arrays())
+        self.run.write_json(run_files.PER_TASK_LINEAR, per_task_linear(
             self.taskset, fit=fit, fit_seconds=seconds))
 
     def _linear_start(self) -> PerTaskLinear | None:
         """The per-task regressions every binary-label model of this run starts from
         (``model.skip_init: linear``), or None."""
-        if not (self._fits_linear() and self.config.model.linear_start):
+        if not (isinstance(self.taskset, TaskSet) and self.config.model.linear_start):
             return None
-        return PerTaskLinear(**self.run.load_arrays("linear_model.npz"))
+        return PerTaskLinear(**self.run.load_arrays(run_files.LINEAR_MODEL))
 
     def _base(self) -> None:
         (result,) = train_groups(self.taskset, [list(range(self.taskset.num_tasks))],
                                  self.config, "base model", self._linear_start())
-        self.run.save_torch("base_model.pt", {"spec": spec_to_dict(result["spec"]),
+        self.run.save_torch(run_files.BASE_MODEL, {"spec": spec_to_dict(result["spec"]),
                                               "state": result["state"]})
-        self.run.write_json("base_metrics.json", {key: result[key] for key in (
+        self.run.write_json(run_files.BASE_METRICS, {key: result[key] for key in (
             "tasks", "best_epoch", "best_criterion", "seconds")})
 
     def _load_base(self) -> tuple[Spec, dict]:
-        saved = self.run.load_torch("base_model.pt")
+        saved = self.run.load_torch(run_files.BASE_MODEL)
         return spec_from_dict(saved["spec"]), saved["state"]
 
     def _base_model(self) -> BaseModel:
@@ -220,12 +189,12 @@ class Pipeline:
         spec, state = self._load_base()
         shards = self._shards("gradients", self.config.ray.chunk_rows)
         shape = (len(rows), feature_dim(options.projection, options.projection_dim))
-        with self.run.array_writer("gradients/features.npy", shape, np.float32) as projected:
+        with self.run.array_writer(run_files.GRADIENT_FEATURES, shape, np.float32) as projected:
             f0 = compute_gradient_features(spec, state, self.taskset, rows.example, rows.task,
                                            options, self.config.seed, self.config.ray,
                                            projected, shards)
-        self.run.save_arrays("gradients/rows.npz", **rows.as_dict())
-        self.run.save_array("gradients/f0.npy", f0)
+        self.run.save_arrays(run_files.GRADIENT_ROWS, **rows.as_dict())
+        self.run.save_array(run_files.GRADIENT_F0, f0)
         shards.clear()
 
     def _shards(self, stage: str, shard_size: int) -> ShardStore:
@@ -242,20 +211,20 @@ class Pipeline:
         return sample_subsets(num_tasks, options.subset_size, count, self.config.seed)
 
     def _save_subset_losses(self, subsets: np.ndarray, losses: np.ndarray, column: str) -> None:
-        self.run.save_arrays("subset_losses.npz", subsets=subsets, losses=losses)
+        self.run.save_arrays(run_files.SUBSET_LOSSES, subsets=subsets, losses=losses)
         lines = [f"subset,task,task_name,{column}"]
         for number, (subset, loss) in enumerate(zip(subsets, losses)):
             lines += [f"{number},{task},{self.taskset.task_names[task]},{value:.8g}"
                       for task, value in zip(subset, loss)]
-        self.run.write_text("subset_losses.csv", "\n".join(lines) + "\n")
+        self.run.write_text(run_files.SUBSET_LOSSES_CSV, "\n".join(lines) + "\n")
 
     def _estimates(self) -> None:
         subsets = self._subsets()
-        rows = RowTable(**self.run.load_arrays("gradients/rows.npz"))
+        rows = RowTable(**self.run.load_arrays(run_files.GRADIENT_ROWS))
         shards = self._shards("estimates", self.config.ray.subsets_per_batch)
         losses = compute_subset_losses(
-            subsets, rows, self.run.load_array("gradients/f0.npy"),
-            self.run.load_array("gradients/features.npy", mmap=True), self.config.affinity,
+            subsets, rows, self.run.load_array(run_files.GRADIENT_F0),
+            self.run.load_array(run_files.GRADIENT_FEATURES, mmap=True), self.config.affinity,
             self.config.ray, shards, self._base_model())
         self._save_subset_losses(subsets, losses, "estimated_loss")
         shards.clear()
@@ -286,13 +255,13 @@ class Pipeline:
                                  "true_loss")
 
     def _affinity(self) -> None:
-        table = self.run.load_arrays("subset_losses.npz")
-        self.run.save_array("affinity.npy", affinity_from_losses(
+        table = self.run.load_arrays(run_files.SUBSET_LOSSES)
+        self.run.save_array(run_files.AFFINITY, affinity_from_losses(
             table["subsets"], table["losses"], self.taskset.num_tasks))
 
     def _true_losses(self) -> None:
         options = self.config.true_affinity
-        table = self.run.load_arrays("subset_losses.npz")
+        table = self.run.load_arrays(run_files.SUBSET_LOSSES)
         num_subsets = len(table["subsets"])
         rng = np.random.default_rng(self.config.seed + 7)
         sample = np.sort(rng.choice(num_subsets, min(options.num_subsets, num_subsets),
@@ -312,16 +281,16 @@ class Pipeline:
         spec, state = self._load_base()
         arrays["base_losses"] = base_losses(restore(spec, state), spec, self.taskset,
                                             torch.device("cpu"), options.target)
-        self.run.save_arrays("true_losses.npz", **arrays)
+        self.run.save_arrays(run_files.TRUE_LOSSES, **arrays)
         if options.all_subsets:
-            self.run.save_array("true_affinity.npy", affinity_from_losses(
+            self.run.save_array(run_files.TRUE_AFFINITY, affinity_from_losses(
                 subsets, losses, self.taskset.num_tasks))
 
     def _error_report(self) -> None:
         report = ErrorStage(self.run, self.taskset, self.config, *self._load_base(),
                             self._linear_start()).report()
-        report["groups_ari"] = self.run.read_json("groups.json").get("ari_estimated_vs_true")
-        self.run.write_json("error_report.json", report)
+        report["groups_ari"] = self.run.read_json(run_files.GROUPS).get("ari_estimated_vs_true")
+        self.run.write_json(run_files.ERROR_REPORT, report)
 
     def _cluster(self, affinity: np.ndarray, num_groups: int) -> tuple[list[list[int]], float]:
         """Groups by the configured method, and the seconds it took."""
@@ -334,7 +303,7 @@ class Pipeline:
         return groups, time.perf_counter() - start
 
     def _groups(self) -> None:
-        affinity = self.run.load_array("affinity.npy")
+        affinity = self.run.load_array(run_files.AFFINITY)
         options, seed, num_tasks = self.config.clustering, self.config.seed, self.taskset.num_tasks
         rule = "given"
         num_groups = options.num_groups
@@ -349,7 +318,7 @@ class Pipeline:
                                   for group in chosen],
                   "spectral_groups": spectral, "clustering_seconds": seconds}
         if self.true_groups:
-            true, true_seconds = self._cluster(self.run.load_array("true_affinity.npy"),
+            true, true_seconds = self._cluster(self.run.load_array(run_files.TRUE_AFFINITY),
                                                num_groups)
             agreement = adjusted_rand_score(groups_to_labels(true, num_tasks),
                                             groups_to_labels(chosen, num_tasks))
@@ -362,7 +331,7 @@ class Pipeline:
                 if groups is not None:
                     record[key] = float(adjusted_rand_score(self.taskset.families,
                                                             groups_to_labels(groups, num_tasks)))
-        self.run.write_json("groups.json", record)
+        self.run.write_json(run_files.GROUPS, record)
 
     def _model_spec(self) -> ModelSpec:
         return ModelSpec.from_config(self.config.model, self.taskset.features.shape[1],
@@ -383,10 +352,10 @@ class Pipeline:
 
     def _dmtg(self) -> None:
         """DMTG once per initialisation seed of the comparison (its groups may differ)."""
-        groups = self.run.read_json("groups.json")["num_groups"]
+        groups = self.run.read_json(run_files.GROUPS)["num_groups"]
         runs = run_dmtg(self.taskset, self._model_spec(), self._dmtg_branches(groups),
                         self.config, self._init_seeds(), self._linear_start())
-        self.run.write_json("dmtg.json", {"runs": runs})
+        self.run.write_json(run_files.DMTG, {"runs": runs})
 
     def _init_seeds(self) -> list[int]:
         """The initialisation seeds every compared grouping is trained with."""
@@ -446,7 +415,7 @@ class Pipeline:
         return [self.run.load_torch(key) for key in keys]
 
     def _comparison(self) -> None:
-        plans = self._plans(self.run.read_json("groups.json"))
+        plans = self._plans(self.run.read_json(run_files.GROUPS))
         primary, *others = self.config.group_training.optimizers
         compared = {"all", self.grouping}
         seeds = self._init_seeds()
@@ -478,16 +447,16 @@ class Pipeline:
                         "optimizer": optimizer, "lr": result["lr"],
                         "spec": result["spec"], "state": result["state"]})
         if self.config.groups.per_task_linear and isinstance(self.taskset, TaskSet):
-            linear = self.run.read_json("per_task_linear.json")
+            linear = self.run.read_json(run_files.PER_TASK_LINEAR)
             plan = Plan("per_task_linear", [[task] for task in range(self.taskset.num_tasks)])
             rows.append(comparison_row(plan, [linear], "lbfgs", None))
             per_task["per_task_linear"] = linear["tasks"]
         if self.config.dmtg.enabled:
-            for run in self.run.read_json("dmtg.json")["runs"]:
+            for run in self.run.read_json(run_files.DMTG)["runs"]:
                 plan = Plan("dmtg", run["groups"], run["search_seconds"])
                 rows.append(comparison_row(plan, [{"tasks": run["tasks"],
                                                    "seconds": run["finetune_seconds"]}],
                                            "adam", run["seed"]))
                 per_task[f"dmtg-init{run['seed']}"] = run["tasks"]
-        self.run.write_json("comparison.json", rows)
-        self.run.write_json("task_metrics.json", per_task)
+        self.run.write_json(run_files.COMPARISON, rows)
+        self.run.write_json(run_files.TASK_METRICS, per_task)

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grouping import run_files
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
 from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import subsets_for_coverage
@@ -134,15 +135,15 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     the run's truth: {variant: error-report figures with ``estimate_seconds`` (the gradient
     stage plus the variant's own estimate) and ``cost_ratio`` against training every
     subset}. Variants an estimator refuses for this task set are left out."""
-    rows = RowTable(**run.load_arrays("gradients/rows.npz"))
-    f0 = run.load_array("gradients/f0.npy")
-    gradients = run.load_array("gradients/features.npy", mmap=True)
-    subsets = run.load_arrays("subset_losses.npz")["subsets"]
-    true = run.load_arrays("true_losses.npz")
+    rows = RowTable(**run.load_arrays(run_files.GRADIENT_ROWS))
+    f0 = run.load_array(run_files.GRADIENT_F0)
+    gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
+    subsets = run.load_arrays(run_files.SUBSET_LOSSES)["subsets"]
+    true = run.load_arrays(run_files.TRUE_LOSSES)
     scorable = scorable_tasks(taskset)
     true_seconds = true_wall_seconds(true["seconds"], len(subsets), config.ray.num_workers)
     gradient_seconds = run.stage_seconds()["gradients"]
-    saved = run.load_torch("base_model.pt")
+    saved = run.load_torch(run_files.BASE_MODEL)
     base = BaseModel(taskset, spec_from_dict(saved["spec"]), saved["state"],
                      config.fine_tuning(), config.seed)
     out = {}
@@ -211,7 +212,7 @@ def _execute_runs(config_path: Path, workdir: Path, settings: BenchmarkSettings,
                             copy_function=os.link)
         run_config, seconds[f"{protocol}_run"], run_taskset = _run(
             config_path, list(extra), settings, protocol, directory,
-            (directory / "manifest.json").is_file())
+            (directory / run_files.MANIFEST).is_file())
         config, taskset = config or run_config, taskset or run_taskset
         first = first or directory
     return config, seconds, taskset
@@ -244,7 +245,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     default = config.affinity.estimator
     by_truth, effects = {}, {}
     for protocol, run in runs.items():
-        report = run.read_json("error_report.json")
+        report = run.read_json(run_files.ERROR_REPORT)
         effects[protocol] = {key: report.get(f"true_{key}") for key in TRUTH_FIGURES}
         start = time.perf_counter()
         variants = variant_reports(run, config, taskset, settings.variants)
@@ -258,7 +259,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     summary, names = {}, {**ROW_NAMES}
     if not settings.estimate_only:
         lines = {protocol: {line["grouping"]: line
-                            for line in summarize_rows(run.read_json("comparison.json"))}
+                            for line in summarize_rows(run.read_json(run_files.COMPARISON))}
                  for protocol, run in runs.items()}
         summary = dict(lines[protocols[0]])
         summary.pop("true", None)
@@ -273,7 +274,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
                    if f"oracle_{protocol}" in summary and "random" in summary}
     target = max(oracle_gaps, key=lambda protocol: oracle_gaps[protocol].gain,
                  default=protocols[0])
-    oracle_groups = {protocol: run.read_json("groups.json") for protocol, run in runs.items()}
+    oracle_groups = {protocol: run.read_json(run_files.GROUPS) for protocol, run in runs.items()}
     groups = oracle_groups[protocols[0]]
     result = {
         "default_estimator": default,

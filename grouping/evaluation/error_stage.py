@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from grouping import run_files
 from grouping.affinity.computers import GradientComputer
 from grouping.affinity.estimators import (
     ESTIMATORS,
@@ -84,9 +85,9 @@ class ErrorStage:
         self.linear = linear
         self.base, self.state = restore(spec, state), state
         self.language_model = isinstance(spec, LMSpec)
-        self.rows = RowTable(**run.load_arrays("gradients/rows.npz"))
-        self.f0 = run.load_array("gradients/f0.npy")
-        self.gradients = run.load_array("gradients/features.npy", mmap=True)
+        self.rows = RowTable(**run.load_arrays(run_files.GRADIENT_ROWS))
+        self.f0 = run.load_array(run_files.GRADIENT_F0)
+        self.gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
         options = config.affinity
         self.computer = GradientComputer(spec, state, taskset, options.projection_dim,
                                          config.seed, options.projection,
@@ -94,8 +95,8 @@ class ErrorStage:
 
     def report(self) -> dict:
         """Every figure of error_report.json except the grouping ARI (added by the caller)."""
-        true = self.run.load_arrays("true_losses.npz")
-        estimated = self.run.load_arrays("subset_losses.npz")
+        true = self.run.load_arrays(run_files.TRUE_LOSSES)
+        estimated = self.run.load_arrays(run_files.SUBSET_LOSSES)
         has_positive = scorable_tasks(self.taskset)
         estimator = ESTIMATORS[self.config.affinity.estimator]
         report = against_truth(estimated["losses"], true, has_positive,

@@ -14,6 +14,7 @@ import markdown
 import numpy as np
 import yaml
 
+from grouping import run_files
 from grouping.artifacts import atomic_write_bytes
 from grouping.evaluation.comparison import (
     METRIC_LABELS,
@@ -54,7 +55,7 @@ def _optimizer_section(run: Path, summary: list[dict]) -> list[str]:
         return []
     charted = [line for line in tracked if any(line["dominance"].values())]
     if charted:
-        atomic_write_bytes(run / "dominance.png", dominance_bars(charted, row_label))
+        atomic_write_bytes(run / run_files.DOMINANCE_CHART, dominance_bars(charted, row_label))
     layers = list(tracked[0]["dominance"])
     lines = ["## Optimizers: Adam vs AdaTask", "",
              "Dominance: the fraction of a shared layer's parameters where one task's share of "
@@ -78,10 +79,10 @@ def _optimizer_section(run: Path, summary: list[dict]) -> list[str]:
 
 def _error_section(run: Path, report: dict) -> list[str]:
     """The estimate-vs-truth section of report.md; writes its scatter plot."""
-    true = np.load(run / "true_losses.npz")
-    estimated = np.load(run / "subset_losses.npz")
+    true = np.load(run / run_files.TRUE_LOSSES)
+    estimated = np.load(run / run_files.SUBSET_LOSSES)
     tasks = true["subsets"].ravel()
-    atomic_write_bytes(run / "estimate_scatter.png", estimate_scatter(
+    atomic_write_bytes(run / run_files.ESTIMATE_SCATTER, estimate_scatter(
         estimated["losses"][true["subset_index"]].ravel(), true["losses"].ravel(),
         true["base_losses"][tasks], tasks))
     rows = [("relative distance ‖f̂ − f‖/‖f‖", "relative_distance",
@@ -212,16 +213,16 @@ def _affinity_method(affinity: dict) -> str:
 def write_report(run_path: str | Path) -> dict:
     """Render report.md, summary.json and the PNG figures from ``run_path``; return summary."""
     run = Path(run_path)
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    manifest = json.loads((run / "manifest.json").read_text())
-    groups = json.loads((run / "groups.json").read_text())
-    rows = json.loads((run / "comparison.json").read_text())
-    affinity = np.load(run / "affinity.npy")
+    config = yaml.safe_load((run / run_files.CONFIG).read_text())
+    manifest = json.loads((run / run_files.MANIFEST).read_text())
+    groups = json.loads((run / run_files.GROUPS).read_text())
+    rows = json.loads((run / run_files.COMPARISON).read_text())
+    affinity = np.load(run / run_files.AFFINITY)
     summary_rows = summarize_rows(rows)
     seconds = {name: record["seconds"] for name, record in manifest["stages"].items()}
-    atomic_write_bytes(run / "affinity_heatmap.png", affinity_heatmap(
+    atomic_write_bytes(run / run_files.AFFINITY_HEATMAP, affinity_heatmap(
         affinity, groups["groups"], groups.get("group_names")))
-    atomic_write_bytes(run / "comparison.png", comparison_bars(
+    atomic_write_bytes(run / run_files.COMPARISON_CHART, comparison_bars(
         summary_rows, METRIC_LABELS[summary_rows[0]["metric"]], row_label))
     summary = {"name": config["name"], "num_tasks": int(affinity.shape[0]),
                "num_groups": groups["num_groups"], "k_rule": groups["k_rule"],
@@ -235,13 +236,13 @@ def write_report(run_path: str | Path) -> dict:
                "dominance_groups": {line["optimizer"]: line["dominance"] for line in summary_rows
                                     if line["grouping"] == groups.get("affinity", "gradtag")
                                     and line["dominance"]}}
-    error_path = run / "error_report.json"
+    error_path = run / run_files.ERROR_REPORT
     if error_path.is_file():
         summary["error_report"] = json.loads(error_path.read_text())
 
     bottom_line = verdict(summary_rows, summary.get("error_report"))
     summary["verdict"] = bottom_line.headline()
-    atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(run / run_files.SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
 
     lines = [f"# Task grouping report: {config['name']}", "",
              f"{affinity.shape[0]} tasks ({config['taskset']['kind']} task set), seed "
@@ -280,6 +281,6 @@ def write_report(run_path: str | Path) -> dict:
     lines += [f"| {name} | {value:.1f} |" for name, value in seconds.items()]
     lines += ["", *_training_logs(run)]
     text = "\n".join(lines)
-    atomic_write_bytes(run / "report.md", text.encode())
+    atomic_write_bytes(run / run_files.REPORT, text.encode())
     atomic_write_bytes(run / "report.html", render_html(text, run, config["name"]).encode())
     return summary
