@@ -112,17 +112,18 @@ def trained_rows(taskset, config, rates: dict[str, list[float]], seeds: list[int
     import torch
 
     from grouping.evaluation.comparison import Plan, comparison_row, gap, summarize_rows
-    from grouping.group_models import train_group
+    from grouping.families import BinaryLabelFamily
 
     tasks = list(range(taskset.num_tasks))
     rows = []
     for optimizer, lrs in rates.items():
         for seed in seeds:
-            runs = [train_group(taskset, tasks, config.model,
-                                config.train.model_copy(update={"lr": lr}), seed,
-                                torch.device("cpu"), optimizer) | {"lr": lr} for lr in lrs]
+            runs = [BinaryLabelFamily().train_group(
+                        taskset, tasks, config, config.train.model_copy(update={"lr": lr}),
+                        torch.device("cpu"), optimizer, seed=seed) | {"lr": lr} for lr in lrs]
             best = min(runs, key=lambda run: run["best_criterion"])
-            rows.append(comparison_row(Plan("all", [tasks]), [best], optimizer, seed))
+            rows.append(comparison_row(Plan("all", [tasks]), [best], optimizer, seed,
+                                       BinaryLabelFamily.metric_names))
     summary = summarize_rows(rows)
     reference = next(line for line in summary if line["optimizer"] == "adam")
     for line in summary:

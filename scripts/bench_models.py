@@ -67,9 +67,11 @@ def _row(name: str, runs: list[dict], seeds: list[int | None]) -> dict:
     import numpy as np
 
     from grouping.evaluation.comparison import Plan, comparison_row, summarize_rows
+    from grouping.families import BinaryLabelFamily
 
     plan = Plan(name, [[task["task"] for task in runs[0]["tasks"]]])
-    rows = [comparison_row(plan, [run], "lbfgs" if seed is None else "adam", seed)
+    rows = [comparison_row(plan, [run], "lbfgs" if seed is None else "adam", seed,
+                           BinaryLabelFamily.metric_names)
             for run, seed in zip(runs, seeds)]
     (summary,) = summarize_rows(rows)
     summary["variant"] = name
@@ -85,7 +87,7 @@ def bench_config(path: Path, variants: list[tuple[str, list[str]]], arguments) -
     from grouping.config import load_config
     from grouping.evaluation.comparison import gap
     from grouping.evaluation.linear_baseline import per_task_linear
-    from grouping.group_models import train_group
+    from grouping.families import BinaryLabelFamily
     from grouping.models.per_task_linear import fit_per_task_linear
     from grouping.tasksets import build_taskset
 
@@ -99,8 +101,9 @@ def bench_config(path: Path, variants: list[tuple[str, list[str]]], arguments) -
     for name, assignments in variants:
         config = load_config(path, [*arguments.set, *assignments])
         seeds = [arguments.seed + offset for offset in range(arguments.seeds)]
-        runs = [train_group(taskset, list(range(taskset.num_tasks)), config.model,
-                            config.train, seed, torch.device(arguments.device), linear=linear)
+        runs = [BinaryLabelFamily().train_group(
+                    taskset, list(range(taskset.num_tasks)), config, config.train,
+                    torch.device(arguments.device), seed=seed, linear=linear)
                 for seed in seeds]
         rows.append(_row(name, runs, seeds))
         print(f"{path.stem} {name}: AP {rows[-1]['mean_test_ap']:.3f}, "

@@ -20,7 +20,7 @@ import torch
 from conftest import small_sbm_config
 
 from grouping.affinity.aggregate import affinity_from_losses
-from grouping.affinity.rows import build_rows
+from grouping.affinity.rows import label_rows
 from grouping.affinity.subsets import sample_subsets
 from grouping.config import parse_config
 from grouping.models import ModelSpec, build_model
@@ -74,7 +74,7 @@ def inputs(ray_session):
     taskset = build_taskset(CONFIG)
     spec = ModelSpec.from_config(CONFIG.model, taskset.features.shape[1], taskset.num_tasks)
     state = build_model(spec, CONFIG.seed).state_dict()
-    rows = build_rows(taskset, CONFIG.affinity.max_negatives, CONFIG.seed)
+    rows = label_rows(taskset, CONFIG.affinity.max_negatives, CONFIG.seed)
     return taskset, spec, state, rows
 
 

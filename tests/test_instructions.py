@@ -16,9 +16,9 @@ import yaml
 from grouping.affinity.computers import GradientComputer
 from grouping.affinity.lm_outputs import lm_output_gradients
 from grouping.affinity.projection import dense_projection
-from grouping.affinity.rows import build_rows
 from grouping.artifacts import RunDirectory
 from grouping.config import ConfigError, InstructionsTaskSet, TrainConfig, parse_config
+from grouping.families import InstructionFamily
 from grouping.lm_training import encode_for, evaluate_examples, train_lm
 from grouping.models import restore, spec_from_dict, spec_to_dict
 from grouping.models.char_tokenizer import CharTokenizer
@@ -212,11 +212,11 @@ def test_gradients_cover_lora_parameters_only_and_match_a_per_example_loop():
 
     rows = np.array([0, 5, 33, 70])
     f0, projected = computer(rows, taskset.task[rows])
-    batch = computer.encoded.rows(rows)
+    batch = computer.outputs.encoded.rows(rows)
     params = [param for param in computer.model.parameters() if param.requires_grad]
     names = [name for name, param in computer.model.named_parameters() if param.requires_grad]
     for position, row in enumerate(rows):
-        single = computer.encoded.rows([row])
+        single = computer.outputs.encoded.rows([row])
         output = answer_logodds(computer.model, single)[0]
         grads = torch.autograd.grad(output, params)
         expected = sum(grad.flatten() @ computer.projection[name]
@@ -229,7 +229,7 @@ def test_gradients_cover_lora_parameters_only_and_match_a_per_example_loop():
 
 def test_instruction_rows_hold_each_tasks_own_examples():
     taskset = generate_suite(InstructionsTaskSet(**_suite()), 0)
-    rows = build_rows(taskset, max_negatives=1, seed=0)
+    rows = InstructionFamily().rows(taskset, max_negatives=1, seed=0)
     assert (rows.label == 1).all() and (rows.weight == 1).all()
     assert np.array_equal(taskset.task[rows.example], rows.task)
     for task in range(taskset.num_tasks):

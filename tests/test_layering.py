@@ -2,7 +2,10 @@
 against the layers below, so an upward import fails here rather than as a cycle at run time.
 
 grouping/ is the algorithms (never Ray, never the workers); inside it, models know nothing of
-training or the affinity estimate, and training knows nothing of the affinity estimate.
+training or the affinity estimate, training knows nothing of the affinity estimate, and the
+task families sit between them: they build on models, training and the affinity package's row
+table and gradient engines, and the affinity stages, the error report and the workers ask
+them, never the other way round.
 """
 
 from __future__ import annotations
@@ -26,12 +29,18 @@ FORBIDDEN = {
     "grouping.optim": ("grouping.affinity", "grouping.training", "grouping.lm_training",
                        "grouping.evaluation", "grouping.clustering", "grouping.dmtg"),
     "grouping.training": ("grouping.affinity", "grouping.evaluation", "grouping.clustering",
-                          "grouping.dmtg"),
+                          "grouping.dmtg", "grouping.families"),
     "grouping.lm_training": ("grouping.affinity", "grouping.evaluation", "grouping.clustering",
-                             "grouping.dmtg"),
+                             "grouping.dmtg", "grouping.families"),
     "grouping.clustering": ("grouping.affinity", "grouping.evaluation", "grouping.training",
                             "grouping.lm_training", "grouping.dmtg"),
     "grouping.affinity": ("grouping.evaluation", "grouping.clustering", "grouping.dmtg"),
+    # what a task family builds on: the row table, the output-gradient engines
+    **{f"grouping.affinity.{module}": ("grouping.families",) for module in (
+        "rows", "gradients", "lm_outputs", "hook_gradients", "projectors", "projection")},
+    "grouping.families": ("grouping.clustering", "grouping.dmtg", "grouping.evaluation.report",
+                          "grouping.evaluation.error_stage", "grouping.affinity.estimators",
+                          "grouping.affinity.true_affinity", "grouping.affinity.computers"),
 }
 
 

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score
 import grouping.models.per_task_linear as per_task_linear_module
 from grouping.config import parse_config
 from grouping.evaluation.linear_baseline import per_task_linear
-from grouping.group_models import train_group
+from grouping.families import BinaryLabelFamily
 from grouping.models import ModelSpec, build_model, restore
 from grouping.models.per_task_linear import PerTaskLinear, fit_per_task_linear
 from grouping.tasksets import TEST, VAL, build_taskset
@@ -34,6 +34,12 @@ def _planted(**train):
     config = parse_config({**small_sbm_config(), "train": {"max_epochs": 30, "patience": 5,
                                                            **train}})
     return config, build_taskset(config)
+
+
+def _train_group(config, model_config, taskset, tasks, linear=None) -> dict:
+    """A group model of ``tasks`` under ``config`` with ``model_config`` as its model."""
+    return BinaryLabelFamily().train_group(taskset, tasks, config.model_copy(
+        update={"model": model_config}), config.train, CPU, seed=0, linear=linear)
 
 
 def test_positive_weights_follow_the_negative_to_positive_ratio():
@@ -148,7 +154,7 @@ def test_a_fixed_linear_start_trains_everything_but_the_skip():
     assert torch.equal(model.skip.weight, started["skip.weight"])
     for name in ("trunk.0.weight", "heads.weight", "heads.bias"):
         assert not torch.equal(model.state_dict()[name], started[name]), name
-    result = train_group(taskset, tasks, model_config, config.train, 0, CPU, linear=linear)
+    result = _train_group(config, model_config, taskset, tasks, linear=linear)
     assert not restore(result["spec"], result["state"]).skip.weight.requires_grad
     assert np.allclose(result["state"]["skip.weight"].numpy(), linear.select(tasks).weights,
                        atol=1e-6)
@@ -181,7 +187,7 @@ def test_a_group_model_with_a_linear_start_is_no_worse_on_validation_than_the_re
     tasks = [2, 7, 11]
     linear = fit_per_task_linear(taskset)
     model_config = config.model.model_copy(update={"skip": True})
-    started = train_group(taskset, tasks, model_config, config.train, 0, CPU, linear=linear)
+    started = _train_group(config, model_config, taskset, tasks, linear=linear)
     val = taskset.indices(VAL)
     regression_logits = linear.select(tasks).logits(taskset.features[val])
     regression_criterion = 1 - mean_average_precision(
@@ -190,12 +196,12 @@ def test_a_group_model_with_a_linear_start_is_no_worse_on_validation_than_the_re
     # Epoch 0 is the regressions (up to float32), and the best epoch is kept.
     assert started["best_criterion"] <= regression_criterion + 1e-6
     with pytest.raises(ValueError, match="linear start needs the per-task regressions"):
-        train_group(taskset, tasks, model_config, config.train, 0, CPU)
+        _train_group(config, model_config, taskset, tasks)
     # Random start and a config without the skip ignore the regressions.
     random_config = model_config.model_copy(update={"skip_init": "random"})
     assert not random_config.linear_start and not config.model.linear_start
-    ignored = train_group(taskset, tasks, random_config, config.train, 0, CPU, linear=linear)
-    plain = train_group(taskset, tasks, random_config, config.train, 0, CPU)
+    ignored = _train_group(config, random_config, taskset, tasks, linear=linear)
+    plain = _train_group(config, random_config, taskset, tasks)
     assert ignored["best_criterion"] == plain["best_criterion"]
     assert started["best_criterion"] != plain["best_criterion"]
 

@@ -12,15 +12,16 @@ import torch
 import yaml
 from conftest import small_sbm_config
 
-from grouping.affinity.true_affinity import train_subset_from_scratch, validation_losses
+from grouping.affinity.true_affinity import train_subset_from_scratch
 from grouping.config import parse_config
 from grouping.evaluation import linear_baseline
 from grouping.evaluation.comparison import gap, summarize_rows
-from grouping.group_models import train_any_group
+from grouping.families import BinaryLabelFamily
 from grouping.models import per_task_linear, restore
 from grouping.tasksets import TEST, TRAIN, VAL, build_taskset
 
 CPU = torch.device("cpu")
+BINARY = BinaryLabelFamily()
 
 
 def _row(grouping: str, value: float, init_seed: int | None, seed: int | None = None) -> dict:
@@ -80,10 +81,10 @@ def test_from_scratch_truth_is_the_group_models_validation_loss(tiny):
     subset = np.array([1, 4, 5])
     truth = train_subset_from_scratch(taskset, subset, config, 7, CPU)["losses"]
     train = config.train.model_copy(update={"lr": config.group_training.first_lr})
-    group = train_any_group(taskset, subset.tolist(), config, train, CPU,
+    group = BINARY.train_group(taskset, subset.tolist(), config, train, CPU,
                             config.group_training.optimizers[0], seed=7)
     model = restore(group["spec"], group["state"])
-    expected = validation_losses(model, taskset, subset, CPU, np.arange(3))
+    expected = BINARY.validation_losses(model, group["spec"], taskset, subset, CPU, np.arange(3))
     assert np.array_equal(truth, expected)
     other_seed = train_subset_from_scratch(taskset, subset, config, 8, CPU)["losses"]
     assert not np.array_equal(truth, other_seed)
@@ -98,7 +99,7 @@ def test_the_average_precision_truth_is_one_minus_each_tasks_validation_ap(tiny)
         update={"target": "ap"})})
     truth = train_subset_from_scratch(taskset, subset, ap_config, 7, CPU)["losses"]
     train = config.train.model_copy(update={"lr": config.group_training.first_lr})
-    group = train_any_group(taskset, subset.tolist(), config, train, CPU,
+    group = BINARY.train_group(taskset, subset.tolist(), config, train, CPU,
                             config.group_training.optimizers[0], seed=7)
     model = restore(group["spec"], group["state"])
     val = taskset.indices(VAL)
@@ -110,13 +111,14 @@ def test_the_average_precision_truth_is_one_minus_each_tasks_validation_ap(tiny)
     emptied = taskset.labels.copy()
     emptied[val, 4] = 0
     blank = dataclasses.replace(taskset, labels=emptied)
-    assert validation_losses(model, blank, subset, CPU, np.arange(3), "ap")[1] == 1.0
+    assert BINARY.validation_losses(model, group["spec"], blank, subset, CPU, np.arange(3),
+                                    "ap")[1] == 1.0
 
 
 def test_group_seeds_change_the_model(tiny):
     config, taskset = tiny
     train = config.train
-    first, second = (train_any_group(taskset, [0, 1], config, train, CPU, "adam", seed=seed)
+    first, second = (BINARY.train_group(taskset, [0, 1], config, train, CPU, "adam", seed=seed)
                      for seed in (0, 1))
     assert not torch.equal(first["state"]["trunk.0.weight"], second["state"]["trunk.0.weight"])
 

@@ -15,7 +15,7 @@ from grouping import run_files
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.computers import feature_dim
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
-from grouping.affinity.rows import RowTable, build_rows
+from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
 from grouping.affinity.true_affinity import base_losses
 from grouping.artifacts import RunDirectory, ShardStore
@@ -33,10 +33,11 @@ from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.linear_baseline import per_task_linear
 from grouping.evaluation.report import write_report
 from grouping.evaluation.verdict import grouping_label, verdict
+from grouping.families import TaskFamily, family_of
 from grouping.models import ModelSpec, SignMLP, Spec, restore, spec_from_dict, spec_to_dict
 from grouping.models.per_task_linear import PerTaskLinear
 from grouping.resources import check_needs, estimation_needs
-from grouping.tasksets import AnyTaskSet, TaskSet, build_taskset
+from grouping.tasksets import AnyTaskSet, build_taskset
 from workers.console import say
 from workers.dmtg import run_dmtg
 from workers.estimates import compute_subset_losses
@@ -71,6 +72,11 @@ class Pipeline:
         self.summary: dict | None = None
         self.true_groups = clusters_truth(config)
         self.grouping = "gradtag" if estimates_by_gradients(config) else "true"
+
+    @property
+    def family(self) -> TaskFamily:
+        """The task family of the run's task set (binary labels or instructions)."""
+        return family_of(self.taskset)
 
     def _stage(self, name: str, sections: tuple[str, ...], files: list[str], compute) -> None:
         ran = self.run.run_stage(name, self.config.digest(*sections), files, compute, self.resume)
@@ -117,10 +123,10 @@ class Pipeline:
         if self.config.dmtg.enabled:
             self._check_dmtg_memory()
         estimator = ESTIMATORS[self.config.affinity.estimator]
-        if self.grouping == "gradtag" and not estimator.applies_to(self.taskset):
+        if self.grouping == "gradtag" and not estimator.applies_to(self.family):
             raise ConfigError(f"affinity.estimator: {estimator.name} needs binary labels; "
                               "this task set has none (use surrogate or first_order)")
-        if self.grouping == "gradtag" and isinstance(self.taskset, TaskSet):
+        if self.grouping == "gradtag" and self.family.binary_labels:
             parameters = sum(param.numel() for param in SignMLP(self._model_spec()).parameters()
                              if param.requires_grad)
             check_needs(estimation_needs(self.config, self.taskset, parameters), self.run.path,
@@ -146,7 +152,7 @@ class Pipeline:
     def _stages(self) -> list[tuple[str, tuple[str, ...], list[str], Callable[[], None]]]:
         """(name, config sections its inputs depend on, files it writes, its function) of
         every stage this config runs, in order (:data:`workers.stages.STAGES`)."""
-        binary_labels = isinstance(self.taskset, TaskSet)
+        binary_labels = self.family.binary_labels
         return [(stage.name, stage.sections(self.config), list(stage.files(self.config)),
                  getattr(self, stage.method))
                 for stage in STAGES if stage.runs(self.config, binary_labels)]
@@ -162,7 +168,7 @@ class Pipeline:
     def _linear_start(self) -> PerTaskLinear | None:
         """The per-task regressions every binary-label model of this run starts from
         (``model.skip_init: linear``), or None."""
-        if not (isinstance(self.taskset, TaskSet) and self.config.model.linear_start):
+        if not (self.family.binary_labels and self.config.model.linear_start):
             return None
         return PerTaskLinear(**self.run.load_arrays(run_files.LINEAR_MODEL))
 
@@ -185,7 +191,7 @@ class Pipeline:
 
     def _gradients(self) -> None:
         options = self.config.affinity
-        rows = build_rows(self.taskset, options.max_negatives, self.config.seed)
+        rows = self.family.rows(self.taskset, options.max_negatives, self.config.seed)
         spec, state = self._load_base()
         shards = self._shards("gradients", self.config.ray.chunk_rows)
         shape = (len(rows), feature_dim(options.projection, options.projection_dim))
@@ -434,7 +440,7 @@ class Pipeline:
         for plan, optimizer, seed in runs:
             mine = results[position:position + len(plan.groups)]
             position += len(plan.groups)
-            rows.append(comparison_row(plan, mine, optimizer, seed))
+            rows.append(comparison_row(plan, mine, optimizer, seed, self.family.metric_names))
             key = plan.name if plan.seed is None else f"{plan.name}-seed{plan.seed}"
             key = key if optimizer == primary else f"{key}-{optimizer}"
             per_task[f"{key}-init{seed}"] = sorted(
@@ -446,17 +452,18 @@ class Pipeline:
                         "tasks": [task["task"] for task in result["tasks"]],
                         "optimizer": optimizer, "lr": result["lr"],
                         "spec": result["spec"], "state": result["state"]})
-        if self.config.groups.per_task_linear and isinstance(self.taskset, TaskSet):
+        if self.config.groups.per_task_linear and self.family.binary_labels:
             linear = self.run.read_json(run_files.PER_TASK_LINEAR)
             plan = Plan("per_task_linear", [[task] for task in range(self.taskset.num_tasks)])
-            rows.append(comparison_row(plan, [linear], "lbfgs", None))
+            rows.append(comparison_row(plan, [linear], "lbfgs", None,
+                                       self.family.metric_names))
             per_task["per_task_linear"] = linear["tasks"]
         if self.config.dmtg.enabled:
             for run in self.run.read_json(run_files.DMTG)["runs"]:
                 plan = Plan("dmtg", run["groups"], run["search_seconds"])
                 rows.append(comparison_row(plan, [{"tasks": run["tasks"],
                                                    "seconds": run["finetune_seconds"]}],
-                                           "adam", run["seed"]))
+                                           "adam", run["seed"], self.family.metric_names))
                 per_task[f"dmtg-init{run['seed']}"] = run["tasks"]
         self.run.write_json(run_files.COMPARISON, rows)
         self.run.write_json(run_files.TASK_METRICS, per_task)

@@ -40,7 +40,8 @@ from grouping.artifacts import RunDirectory
 from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config, parse_config
 from grouping.evaluation.comparison import format_value, gap, summarize_rows
 from grouping.evaluation.error_report import ROOM_FIGURES
-from grouping.evaluation.error_stage import against_truth, scorable_tasks, true_wall_seconds
+from grouping.evaluation.error_stage import against_truth, true_wall_seconds
+from grouping.families import family_of
 from grouping.models import spec_from_dict
 from grouping.tasksets import AnyTaskSet
 from workers.estimates import compute_subset_losses
@@ -140,7 +141,7 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
     subsets = run.load_arrays(run_files.SUBSET_LOSSES)["subsets"]
     true = run.load_arrays(run_files.TRUE_LOSSES)
-    scorable = scorable_tasks(taskset)
+    scorable = family_of(taskset).scorable_tasks(taskset)
     true_seconds = true_wall_seconds(true["seconds"], len(subsets), config.ray.num_workers)
     gradient_seconds = run.stage_seconds()["gradients"]
     saved = run.load_torch(run_files.BASE_MODEL)
@@ -150,7 +151,7 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     for variant in variants:
         options = variant_options(config, variant)
         estimator = ESTIMATORS[options.estimator]
-        if not estimator.applies_to(taskset):
+        if not estimator.applies_to(family_of(taskset)):
             continue
         # Untimed: one subset per worker, so that the timed call finds them started.
         warm = config.ray.model_copy(update={"subsets_per_batch": 1})
@@ -291,6 +292,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
         "ari_estimated_vs_oracle": {protocol: record.get("ari_estimated_vs_true")
                                     for protocol, record in oracle_groups.items()},
         "metric": summary["all"]["metric"] if summary else None,
+        "secondary_metric": summary["all"]["secondary_metric"] if summary else None,
         "rows": [_row(line, names.get(name, name)) for name, line in summary.items()],
         "seconds": seconds,
     }
@@ -357,7 +359,7 @@ def markdown(name: str, figures: dict) -> list[str]:
              f"of them under a second seed. Mean ± standard error over initialisation seeds.", ""]
     metric = figures["metric"]
     if metric is not None:
-        secondary = "test_token_accuracy" if metric == "test_exact_match" else "test_ap"
+        secondary = figures["secondary_metric"]
         label = metric.removeprefix("test_").replace("_", " ")
         other = secondary.removeprefix("test_").replace("_", " ")
         lines += [f"| grouping | seeds | groups | mean test {label} | worst-task test {label} "

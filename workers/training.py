@@ -6,7 +6,7 @@ import ray
 import torch
 
 from grouping.config import RunConfig
-from grouping.group_models import train_any_group
+from grouping.families import family_of
 from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import AnyTaskSet
 from grouping.training import resolve_device
@@ -17,8 +17,8 @@ from workers.runtime import usable_workers, worker_threads
 def _train(taskset: AnyTaskSet, linear: PerTaskLinear | None, tasks: list[int],
            config: RunConfig) -> dict:
     torch.set_num_threads(worker_threads(config.ray.num_cpus_per_worker))
-    return train_any_group(taskset, tasks, config, config.train, resolve_device(config.device),
-                           linear=linear)
+    return family_of(taskset).train_group(taskset, tasks, config, config.train,
+                                          resolve_device(config.device), linear=linear)
 
 
 def train_groups(taskset: AnyTaskSet, groups: list[list[int]], config: RunConfig,

@@ -14,7 +14,7 @@ from ray import tune
 from tqdm import tqdm
 
 from grouping.config import RunConfig
-from grouping.group_models import train_any_group
+from grouping.families import family_of
 from grouping.models import spec_to_dict
 from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import AnyTaskSet
@@ -43,8 +43,9 @@ def _trial(params: dict, taskset: AnyTaskSet, jobs: list[GroupJob], config: RunC
     torch.set_num_threads(worker_threads(config.group_training.num_cpus_per_trial))
     job = jobs[params["trial"]["job"]]
     train = config.train.model_copy(update={"lr": params["trial"]["lr"]})
-    result = train_any_group(taskset, job.tasks, config, train, resolve_device(config.device),
-                             job.optimizer, job.track_dominance, job.seed, linear)
+    result = family_of(taskset).train_group(taskset, job.tasks, config, train,
+                                            resolve_device(config.device), job.optimizer,
+                                            job.track_dominance, job.seed, linear)
     result["spec"] = spec_to_dict(result["spec"])
     with tempfile.TemporaryDirectory() as directory:
         torch.save(result, Path(directory) / RESULT_FILE)

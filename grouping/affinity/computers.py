@@ -7,14 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from grouping.affinity.gradients import output_gradients
-from grouping.affinity.hook_gradients import head_logits, projected_output_gradients
-from grouping.affinity.lm_outputs import lm_output_gradients
+from grouping.affinity.hook_gradients import projected_output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.affinity.projectors import kronecker_factors, make_projector
+from grouping.families import family_of
 from grouping.models import Spec, restore
-from grouping.models.lm_outputs import answer_logodds
-from grouping.models.lora_lm import LMSpec
 from grouping.tasksets import AnyTaskSet
 
 
@@ -49,29 +46,15 @@ class GradientComputer:
                                for name, block in dense_projection(shapes, dim, seed).items()}
         else:
             self.projector = make_projector(projection, self.model, dim, seed, intermediate_dim)
-        self.language_model = isinstance(spec, LMSpec)
-        if self.language_model:
-            from grouping.lm_training import encode_for
-
-            self.encoded = encode_for(self.model, taskset, spec)
-        else:
-            self.features = torch.tensor(taskset.features, device=self.device)
+        self.outputs = family_of(taskset).output_rows(self.model, spec, taskset, self.device)
 
     def __call__(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """f0 [rows] and the projected gradients [rows, d] of rows (examples, tasks), on the
         CPU whatever the computer's device."""
-        if self.language_model:
-            batch = {key: value.to(self.device)
-                     for key, value in self.encoded.rows(examples).items()}
-            output = answer_logodds
-        else:
-            batch = (self.features[torch.tensor(examples, device=self.device)],
-                     torch.tensor(tasks, device=self.device))
-            output = head_logits
+        batch = self.outputs.batch(examples, tasks)
         if self.projector is not None:
-            f0, projected = projected_output_gradients(self.model, self.projector, output, batch)
-        elif self.language_model:
-            f0, projected = lm_output_gradients(self.model, self.projection, batch)
+            f0, projected = projected_output_gradients(self.model, self.projector,
+                                                       self.outputs.output, batch)
         else:
-            f0, projected = output_gradients(self.model, self.projection, *batch)
+            f0, projected = self.outputs.vmap_gradients(self.model, self.projection, batch)
         return f0.cpu().numpy(), projected.cpu().numpy()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from grouping.tasksets import TRAIN, VAL, AnyTaskSet, InstructionTaskSet
+from grouping.tasksets import TRAIN, VAL, InstructionTaskSet, TaskSet
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,9 @@ def instruction_rows(taskset: InstructionTaskSet) -> RowTable:
     return RowTable(label=ones, weight=ones.copy(), offsets=offsets, **arrays)
 
 
-def build_rows(taskset: AnyTaskSet, max_negatives: int | None,
-               seed: int) -> RowTable:
-    """All training and validation rows of every task (negatives capped per task and split;
-    instruction tasks have no negatives)."""
-    if isinstance(taskset, InstructionTaskSet):
-        return instruction_rows(taskset)
+def label_rows(taskset: TaskSet, max_negatives: int | None, seed: int) -> RowTable:
+    """All training and validation rows of every binary task, negatives capped per task and
+    split (``max_negatives``, drawn with ``seed``) and reweighted."""
     rng = np.random.default_rng(seed)
     parts = {key: [] for key in ("example", "task", "split", "label", "weight")}
     offsets = np.zeros((taskset.num_tasks, 3), np.int64)

@@ -38,29 +38,22 @@ METRIC_LABELS = {"test_f1": "test F1", "test_ap": "test AP",
                  "test_token_accuracy": "test token accuracy"}
 
 
-def metric_names(task: dict) -> tuple[str, str]:
-    """The (primary, secondary) test metrics of a task's metrics: F1 and average precision
-    for binary tasks, exact match and token accuracy for instruction tasks."""
-    if "test_exact_match" in task:
-        return "test_exact_match", "test_token_accuracy"
-    return "test_f1", "test_ap"
-
-
 def summary_keys(line: dict) -> tuple[str, str, str]:
     """The mean-primary, worst-primary and mean-secondary keys of a comparison row."""
     return (f"mean_{line['metric']}", f"worst_{line['metric']}",
             f"mean_{line['secondary_metric']}")
 
 
-def comparison_row(plan: Plan, results: list[dict], optimizer: str,
-                   init_seed: int | None = None) -> dict:
+def comparison_row(plan: Plan, results: list[dict], optimizer: str, init_seed: int | None,
+                   metric_names: tuple[str, str]) -> dict:
     """Mean and worst per-task primary test metric (F1, or exact match for instruction
     tasks), mean secondary metric (AP over tasks with a positive test example, or token
     accuracy), cost (the grouping search plus the summed wall time of its models' training)
     and, when tracked, the dominance fraction per shared layer. ``init_seed``: the seed its
-    models were initialised with (None for a deterministic baseline)."""
+    models were initialised with (None for a deterministic baseline); ``metric_names``: the
+    task family's (primary, secondary) metrics."""
     tasks = [task for result in results for task in result["tasks"]]
-    primary, secondary = metric_names(tasks[0])
+    primary, secondary = metric_names
     scores = np.array([task[primary] for task in tasks])
     others = np.array([task[secondary] for task in tasks])
     train_seconds = float(sum(result["seconds"] for result in results))

@@ -16,20 +16,15 @@ from grouping.affinity.estimators import (
     make_estimator,
 )
 from grouping.affinity.rows import RowTable
-from grouping.affinity.true_affinity import (
-    fine_tune,
-    fine_tune_adapter,
-    linearization_error,
-    train_subset_from_scratch,
-)
+from grouping.affinity.true_affinity import linearization_error, train_subset_from_scratch
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
 from grouping.evaluation.error_report import error_report
 from grouping.evaluation.flops import count_flops, flop_comparison
+from grouping.families import family_of
 from grouping.models import Spec, restore
-from grouping.models.lora_lm import LMSpec
 from grouping.models.per_task_linear import PerTaskLinear
-from grouping.tasksets import VAL, AnyTaskSet, InstructionTaskSet
+from grouping.tasksets import AnyTaskSet
 
 CPU = torch.device("cpu")
 
@@ -40,15 +35,6 @@ LOSS_SCALE_FIGURES = ("relative_distance", "mean_relative_error", "median_relati
 is a score (``Estimator.predicts_losses`` false), nor where f̂ predicts another figure than
 the truth records (a loss against 1 − AP: ``Estimator.predicted_figure``,
 ``true_affinity.target``)."""
-
-
-def scorable_tasks(taskset: AnyTaskSet) -> np.ndarray:
-    """Tasks whose validation loss measures something: a positive validation example
-    (binary tasks), any validation example (instruction tasks, all labelled 1): [T] bool."""
-    val = taskset.indices(VAL)
-    if isinstance(taskset, InstructionTaskSet):
-        return np.bincount(taskset.task[val], minlength=taskset.num_tasks) > 0
-    return taskset.labels[val].sum(0) > 0
 
 
 def true_wall_seconds(seconds: np.ndarray, num_subsets: int, num_workers: int) -> float:
@@ -84,7 +70,7 @@ class ErrorStage:
         self.run, self.taskset, self.config, self.spec = run, taskset, config, spec
         self.linear = linear
         self.base, self.state = restore(spec, state), state
-        self.language_model = isinstance(spec, LMSpec)
+        self.family = family_of(taskset)
         self.rows = RowTable(**run.load_arrays(run_files.GRADIENT_ROWS))
         self.f0 = run.load_array(run_files.GRADIENT_F0)
         self.gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
@@ -97,7 +83,7 @@ class ErrorStage:
         """Every figure of error_report.json except the grouping ARI (added by the caller)."""
         true = self.run.load_arrays(run_files.TRUE_LOSSES)
         estimated = self.run.load_arrays(run_files.SUBSET_LOSSES)
-        has_positive = scorable_tasks(self.taskset)
+        has_positive = self.family.scorable_tasks(self.taskset)
         estimator = ESTIMATORS[self.config.affinity.estimator]
         report = against_truth(estimated["losses"], true, has_positive,
                                estimator.predicted_figure(self.config.affinity)
@@ -122,20 +108,18 @@ class ErrorStage:
         report["fine_tuning"] = self.config.true_affinity.model_dump()
         return report
 
-    def _fine_tune(self, subset: np.ndarray) -> object:
-        """True fine-tuning on ``subset``: the tuned SIGN-MLP, or an adapter's losses."""
-        config, epochs = self.config.fine_tuning(), self.config.true_affinity.epochs
-        if self.language_model:
-            return fine_tune_adapter(self.base, self.spec, self.taskset, subset, config, epochs,
+    def _fine_tune(self, subset: np.ndarray) -> torch.nn.Module:
+        """θ0 truly fine-tuned on ``subset`` (``true_affinity.epochs``)."""
+        return self.family.fine_tune(self.base, self.spec, self.taskset, subset,
+                                     self.config.fine_tuning(), self.config.true_affinity.epochs,
                                      self.config.seed, CPU)
-        return fine_tune(self.base, self.taskset, subset, config, epochs, self.config.seed, CPU)
 
     def linearization(self, subsets: np.ndarray) -> list[float]:
         """Linearised vs really fine-tuned logits on the validation rows of a few subsets
-        (SIGN-MLP with the dense projection, whose Pᵀ Δθ is taken per parameter; none
-        otherwise)."""
+        (a family that checks it, with the dense projection, whose Pᵀ Δθ is taken per
+        parameter; none otherwise)."""
         errors = []
-        if self.language_model or self.computer.projector is not None:
+        if not self.family.checks_linearization or self.computer.projector is not None:
             return errors
         for subset in subsets:
             index = self.rows.rows_of(subset, 1)

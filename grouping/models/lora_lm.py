@@ -59,7 +59,12 @@ class LMSpec:
         return cls(**{**saved, "target_modules": tuple(saved["target_modules"])})
 
     def as_dict(self) -> dict:
+        """Plain values that ``torch.load(weights_only=True)`` reads back."""
         return {**asdict(self), "target_modules": list(self.target_modules)}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """The backbone of this spec with the saved adapter ``state``."""
+        return restore_lm(self, state)
 
 
 class TextTokenizer:

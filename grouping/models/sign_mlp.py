@@ -6,7 +6,7 @@ contains one linear model per task."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -31,6 +31,14 @@ class ModelSpec:
         """The spec of ``config``'s model over ``in_dim`` features with ``num_heads`` heads."""
         return cls(in_dim, tuple(config.hidden), num_heads, config.dropout, config.skip,
                    config.skip_init != "linear_fixed")
+
+    def as_dict(self) -> dict:
+        """Plain values that ``torch.load(weights_only=True)`` reads back."""
+        return asdict(self)
+
+    def restore(self, state: dict[str, torch.Tensor]) -> SignMLP:
+        """The model of this spec holding ``state``."""
+        return restore_model(self, state)
 
 
 class SignMLP(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,6 +28,8 @@ class TaskSet:
     split: np.ndarray
     task_names: list[str]
     families: np.ndarray | None = None
+    family: ClassVar[str] = "binary_labels"
+    """The name of this kind of task set's :class:`grouping.families.TaskFamily`."""
 
     def __post_init__(self) -> None:
         n, num_tasks = self.labels.shape

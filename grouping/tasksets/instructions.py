@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,6 +34,8 @@ class InstructionTaskSet:
     split: np.ndarray
     task_names: list[str]
     families: np.ndarray | None = None
+    family: ClassVar[str] = "instructions"
+    """The name of this kind of task set's :class:`grouping.families.TaskFamily`."""
 
     def __post_init__(self) -> None:
         n = len(self.prompts)

@@ -21,8 +21,9 @@ import torch
 
 from grouping.affinity.rows import RowTable
 from grouping.config import AffinityConfig, TrainConfig, TruthTarget
+from grouping.families import TaskFamily
 from grouping.models import Spec
-from grouping.tasksets import TRAIN, VAL, AnyTaskSet, TaskSet
+from grouping.tasksets import TRAIN, VAL, AnyTaskSet
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,10 @@ class Estimator(ABC):
         return "loss" if cls.predicts_losses else None
 
     @classmethod
-    def applies_to(cls, taskset: AnyTaskSet) -> bool:
-        """Whether the estimator can run on ``taskset`` (binary labels where it needs them)."""
-        return not cls.binary_labels_only or isinstance(taskset, TaskSet)
+    def applies_to(cls, family: TaskFamily) -> bool:
+        """Whether the estimator can run on a task set of ``family`` (binary labels where it
+        needs them)."""
+        return not cls.binary_labels_only or family.binary_labels
 
     def prepare(self, subsets: np.ndarray, table: EstimatorInputs) -> Any:
         """Whatever every batch shares, computed once for all ``subsets`` [m, s] (None by
