@@ -25,7 +25,7 @@ from grouping.models.lora_lm import LMSpec, adapter_state, build_lm, load_adapte
 from grouping.optim import ADATASK_OPTIMIZERS, task_gradients
 from grouping.tasksets import TEST, TRAIN, VAL
 from grouping.tasksets.instructions import InstructionTaskSet
-from grouping.training import TrainResult
+from grouping.training import TrainResult, run_epochs
 
 EVAL_BATCH = 256
 
@@ -120,8 +120,9 @@ def train_lm(model: nn.Module, taskset: InstructionTaskSet, encoded: EncodedExam
              tasks: np.ndarray, config: TrainConfig, seed: int, device: torch.device,
              max_epochs: int | None = None, keep_best: bool = True,
              optimizer: OptimizerName = "adam") -> TrainResult:
-    """Train ``model``'s adapter on the training examples of ``tasks``; early stopping on
-    their validation loss (the output function's), best state kept. ``keep_best=False`` runs
+    """Train ``model``'s adapter on the training examples of ``tasks`` (the epochs of
+    :func:`grouping.training.run_epochs`); early stopping on their validation loss (the output
+    function's), best adapter state kept. ``keep_best=False`` runs
     a fixed schedule, keeps the final state and evaluates the validation loss before and
     after the schedule only."""
     tasks = np.asarray(tasks)
@@ -130,32 +131,18 @@ def train_lm(model: nn.Module, taskset: InstructionTaskSet, encoded: EncodedExam
     val_rows = taskset.examples_of(tasks, VAL)
     owners_all = torch.from_numpy(taskset.task)
     step = _step_function(model, optimizer, config, tasks)
-    generator = torch.Generator().manual_seed(seed)
+
+    def train_batch(rows: torch.Tensor) -> None:
+        batch = {key: value.to(device) for key, value in encoded.rows(rows).items()}
+        step(batch, owners_all[rows].to(device))
 
     def val_loss() -> float:
         outputs = evaluate_examples(model, encoded, val_rows, device)["logodds"]
         return float(softplus(torch.from_numpy(-outputs)).mean())
 
-    best = TrainResult(adapter_state(model), 0, val_loss(), [])
-    best.criterion_curve.append(best.best_criterion)
-    since_best = 0
-    epochs = max_epochs or config.max_epochs
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = train_rows[torch.randperm(len(train_rows), generator=generator)]
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start:start + config.batch_size]
-            batch = {key: value.to(device) for key, value in encoded.rows(rows).items()}
-            step(batch, owners_all[rows].to(device))
-        if not keep_best and epoch < epochs:
-            continue
-        since_best = 0 if best.record(epoch, val_loss(), lambda: adapter_state(model)) \
-            else since_best + 1
-        if keep_best and since_best >= config.patience:
-            break
-    if keep_best:
-        load_adapter(model, best.state)
-    return best
+    return run_epochs(model, train_rows, train_batch, val_loss, lambda: adapter_state(model),
+                      lambda state: load_adapter(model, state), config, seed, max_epochs,
+                      keep_best)
 
 
 def train_lm_group(taskset: InstructionTaskSet, tasks: list[int], lm_config: LanguageModelConfig,

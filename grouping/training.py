@@ -3,7 +3,8 @@
 Binary cross-entropy on the logits of the active heads (each task's positives optionally
 up-weighted, ``train.pos_weight``), Adam or AdaTask, mini-batches over the training split,
 early stopping on a validation criterion of the active heads (``train.early_stopping``: the
-loss, or one minus the mean per-task average precision), best checkpoint kept.
+loss, or one minus the mean per-task average precision), best checkpoint kept. The epoch loop
+itself, :func:`run_epochs`, is shared with the LoRA adapters (:mod:`grouping.lm_training`).
 """
 
 from __future__ import annotations
@@ -159,6 +160,50 @@ def predict(model: nn.Module, features: torch.Tensor, batch_size: int = 8192) ->
                       for start in range(0, len(features), batch_size)])
 
 
+def run_epochs(model: nn.Module, train_rows: torch.Tensor,
+               train_batch: Callable[[torch.Tensor], None], criterion: Callable[[], float],
+               snapshot: Callable[[], dict[str, torch.Tensor]],
+               restore: Callable[[dict[str, torch.Tensor]], object], config: TrainConfig,
+               seed: int, max_epochs: int | None = None, keep_best: bool = True) -> TrainResult:
+    """The epoch loop of every model family, with early stopping on a validation criterion.
+
+    Each epoch puts ``model`` in train mode, shuffles ``train_rows`` (a permutation drawn
+    from a generator seeded with ``seed``, moved to the rows' device) and hands them to
+    ``train_batch`` in consecutive batches of ``config.batch_size`` rows. ``criterion()`` is
+    the validation criterion (lower is better); ``snapshot()`` copies the state worth keeping
+    (the whole model, or only its trainable part) and ``restore(state)`` loads one back.
+    ``max_epochs`` overrides ``config.max_epochs``.
+
+    With ``keep_best`` (early stopping), the criterion is evaluated before training (epoch 0,
+    the starting state the first best) and after every epoch, each value appended to the
+    criterion curve; an epoch that improves on the best so far keeps a snapshot, and training
+    stops once ``config.patience`` epochs in a row have not improved. The best state is then
+    restored into the model. With ``keep_best=False`` (a fixed schedule), every epoch runs,
+    the criterion is evaluated before and after the schedule only (a curve of two entries)
+    and the model keeps its final state, while the result's state, epoch and criterion are
+    those of the better of the two evaluations.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    best = TrainResult(snapshot(), 0, criterion(), [])
+    best.criterion_curve.append(best.best_criterion)
+    since_best = 0
+    epochs = max_epochs or config.max_epochs
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = train_rows[torch.randperm(len(train_rows), generator=generator)
+                           .to(train_rows.device)]
+        for start in range(0, len(order), config.batch_size):
+            train_batch(order[start:start + config.batch_size])
+        if not keep_best and epoch < epochs:
+            continue
+        since_best = 0 if best.record(epoch, criterion(), snapshot) else since_best + 1
+        if keep_best and since_best >= config.patience:
+            break
+    if keep_best:
+        restore(best.state)
+    return best
+
+
 def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
                 config: TrainConfig, seed: int, device: torch.device,
                 active_heads: np.ndarray | None = None,
@@ -167,10 +212,10 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
                 dominance_decay: float = 0.9) -> TrainResult:
     """Train ``model`` whose head k predicts label column ``label_columns[k]``.
 
-    Only ``active_heads`` (default: all) enter the loss. ``max_epochs`` overrides the
-    config's. ``keep_best=False`` runs a fixed schedule: no early stopping, the model keeps
-    its final state, and the criterion is evaluated before and after the schedule only (a
-    curve of two entries; nothing in between reads it).
+    Only ``active_heads`` (default: all) enter the loss. The epochs are :func:`run_epochs`'s;
+    ``max_epochs`` overrides the config's. ``keep_best=False`` runs a fixed schedule: no early
+    stopping, the model keeps its final state, and the criterion is evaluated before and
+    after the schedule only (a curve of two entries; nothing in between reads it).
 
     The validation criterion (lower is better) is ``config.early_stopping``: ``val_loss``, the
     training objective (with its positive weights) on the validation rows, or ``val_ap``,
@@ -198,9 +243,11 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
     pos_weight = positive_weights(taskset.labels[taskset.indices(TRAIN)][:, columns],
                                   config.pos_weight).to(device)
     step = make_step(model, optimizer, config, tracker, pos_weight)
-    generator = torch.Generator().manual_seed(seed)
     val_targets = targets[val_rows]
     use_ap = config.early_stopping == "val_ap" and bool(val_targets.any())
+
+    def train_batch(rows: torch.Tensor) -> None:
+        step(model(features[rows])[:, head_index], targets[rows])
 
     def val_criterion() -> float:
         logits = predict(model, features[val_rows])[:, head_index]
@@ -208,24 +255,9 @@ def train_model(model: nn.Module, taskset: TaskSet, label_columns: np.ndarray,
             return 1.0 - mean_average_precision(logits, val_targets)
         return float(_loss(logits, val_targets, pos_weight))
 
-    best = TrainResult(copy.deepcopy(model.state_dict()), 0, val_criterion(), [])
-    best.criterion_curve.append(best.best_criterion)
-    since_best = 0
-    epochs = max_epochs or config.max_epochs
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = train_rows[torch.randperm(len(train_rows), generator=generator).to(device)]
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start:start + config.batch_size]
-            step(model(features[rows])[:, head_index], targets[rows])
-        if not keep_best and epoch < epochs:
-            continue
-        improved = best.record(epoch, val_criterion(), lambda: copy.deepcopy(model.state_dict()))
-        since_best = 0 if improved else since_best + 1
-        if keep_best and since_best >= config.patience:
-            break
-    if keep_best:
-        model.load_state_dict(best.state)
+    best = run_epochs(model, train_rows, train_batch, val_criterion,
+                      lambda: copy.deepcopy(model.state_dict()), model.load_state_dict, config,
+                      seed, max_epochs, keep_best)
     if tracker is not None:
         best.dominance = tracker.fractions()
     return best

@@ -9,10 +9,10 @@ import torch
 from conftest import small_sbm_config
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from grouping.config import parse_config
+from grouping.config import TrainConfig, parse_config
 from grouping.models import ModelSpec, build_model
 from grouping.tasksets import VAL, build_taskset
-from grouping.training import predict, train_model
+from grouping.training import predict, run_epochs, train_model
 
 CPU = torch.device("cpu")
 
@@ -88,3 +88,33 @@ def test_planted_families_transfer_under_true_fine_tuning():
         noise += [abs(within[0] - within[1]), abs(mixed[0] - mixed[1])]
     assert min(gaps) > 0
     assert np.mean(gaps) > 10 * np.mean(noise)
+
+
+def test_the_epoch_loop_stops_after_patience_and_restores_the_best_state():
+    model = torch.nn.Linear(1, 1)
+    rows = torch.arange(10, 20)
+    batches: list[list[int]] = []
+    criteria = iter([1.0, 0.8, 0.9, 0.85, 0.1])
+    restored = []
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {"batches_seen": torch.tensor(len(batches))}
+
+    config = TrainConfig(batch_size=4, max_epochs=10, patience=2)
+    result = run_epochs(model, rows, lambda batch: batches.append(batch.tolist()),
+                        lambda: next(criteria), snapshot, restored.append, config, seed=0)
+    assert result.criterion_curve == [1.0, 0.8, 0.9, 0.85]
+    assert (result.best_epoch, result.best_criterion) == (1, 0.8)
+    assert restored == [result.state] and int(result.state["batches_seen"]) == 3
+    assert [len(batch) for batch in batches] == [4, 4, 2] * 3
+    for epoch in range(3):
+        assert sorted(sum(batches[3 * epoch:3 * epoch + 3], [])) == rows.tolist()
+    assert model.training
+
+    batches.clear()
+    fixed = iter([1.0, 2.0])
+    result = run_epochs(model, rows, lambda batch: batches.append(batch.tolist()),
+                        lambda: next(fixed), snapshot, restored.append, config, seed=0,
+                        max_epochs=4, keep_best=False)
+    assert result.criterion_curve == [1.0, 2.0] and result.best_epoch == 0
+    assert len(batches) == 12 and len(restored) == 1
