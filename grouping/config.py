@@ -37,7 +37,7 @@ class Splits(_Strict):
         return self
 
 
-class SBMTaskSet(_Strict):
+class SBMTaskSetConfig(_Strict):
     """Seeded stochastic block model with planted task families (grouping.tasksets.sbm)."""
 
     kind: Literal["sbm"]
@@ -52,7 +52,7 @@ class SBMTaskSet(_Strict):
     splits: Splits = Splits()
 
     @model_validator(mode="after")
-    def _families_fit(self) -> SBMTaskSet:
+    def _families_fit(self) -> SBMTaskSetConfig:
         if self.num_families > self.num_blocks:
             raise ValueError("num_families must not exceed num_blocks (a family owns a block)")
         return self
@@ -62,7 +62,7 @@ class SBMTaskSet(_Strict):
         return self.num_families * self.tasks_per_family
 
 
-class SnapTaskSet(_Strict):
+class SnapTaskSetConfig(_Strict):
     """SNAP edge list and ground-truth communities (grouping.tasksets.snap)."""
 
     kind: Literal["snap"]
@@ -72,7 +72,7 @@ class SnapTaskSet(_Strict):
     splits: Splits = Splits()
 
 
-class TableTaskSet(_Strict):
+class TableTaskSetConfig(_Strict):
     """A multi-label table, CSV or ARFF by the file's suffix (grouping.tasksets.table): every
     label column is a binary task, every other column a numeric feature.
 
@@ -89,7 +89,7 @@ class TableTaskSet(_Strict):
     splits: Splits = Splits()
 
     @model_validator(mode="after")
-    def _one_label_selector(self) -> TableTaskSet:
+    def _one_label_selector(self) -> TableTaskSetConfig:
         given = [self.labels, self.first_labels, self.last_labels]
         if sum(choice is not None for choice in given) != 1:
             raise ValueError("name the label columns with exactly one of labels, "
@@ -112,7 +112,7 @@ class TableTaskSet(_Strict):
         return self.first_labels or self.last_labels
 
 
-class PythonTaskSet(_Strict):
+class PythonTaskSetConfig(_Strict):
     """A task set made by the user's function (grouping.tasksets.custom).
 
     ``builder`` is ``"package.module:function"``; it is called as ``function(seed, **params)``
@@ -134,7 +134,7 @@ class PythonTaskSet(_Strict):
         return builder
 
 
-class InstructionFields(_Strict):
+class InstructionFieldsConfig(_Strict):
     """Field names of a JSONL instruction record."""
 
     task: str = "task"
@@ -144,7 +144,7 @@ class InstructionFields(_Strict):
     split: str = "split"
 
 
-class InstructionsTaskSet(_Strict):
+class InstructionsTaskSetConfig(_Strict):
     """Instruction tasks for a language model (grouping.tasksets.instructions).
 
     ``source: generated`` builds the seeded offline suite (``num_families`` skills of at most
@@ -156,7 +156,7 @@ class InstructionsTaskSet(_Strict):
     kind: Literal["instructions"]
     source: Literal["generated", "jsonl"] = "generated"
     path: Path | None = None
-    fields: InstructionFields = InstructionFields()
+    fields: InstructionFieldsConfig = InstructionFieldsConfig()
     num_tasks: int = Field(50, ge=2)
     num_families: int = Field(10, ge=1, le=10)
     tasks_per_family: int = Field(5, ge=1, le=6)
@@ -165,7 +165,7 @@ class InstructionsTaskSet(_Strict):
     splits: Splits = Splits(train=0.5, val=0.25)
 
     @model_validator(mode="after")
-    def _source_fields(self) -> InstructionsTaskSet:
+    def _source_fields(self) -> InstructionsTaskSetConfig:
         if self.source == "jsonl" and self.path is None:
             raise ValueError("path is required when source is 'jsonl'")
         if self.source == "generated" and self.num_tasks != (
@@ -177,8 +177,9 @@ class InstructionsTaskSet(_Strict):
 
 
 TASKSET_KINDS = ("sbm", "snap", "table", "python", "instructions")
-TaskSetConfig = Annotated[SBMTaskSet | SnapTaskSet | TableTaskSet | PythonTaskSet
-                          | InstructionsTaskSet, Field(discriminator="kind")]
+TaskSetConfig = Annotated[SBMTaskSetConfig | SnapTaskSetConfig | TableTaskSetConfig
+                          | PythonTaskSetConfig | InstructionsTaskSetConfig,
+                          Field(discriminator="kind")]
 
 
 class FeaturesConfig(_Strict):
@@ -563,17 +564,17 @@ class RunConfig(_Strict):
                              "estimate with true fine-tuning; affinity.method 'true' has no "
                              "estimate to compare")
         binary_only = self.train.model_fields_set & {"pos_weight", "early_stopping"}
-        if isinstance(self.taskset, InstructionsTaskSet) and binary_only:
+        if isinstance(self.taskset, InstructionsTaskSetConfig) and binary_only:
             field = sorted(binary_only)[0]
             raise ValueError(f"train.{field}: applies to binary-label task sets; an "
                              "instructions task set trains on the answer's loss and stops on "
                              "its validation loss (remove the field)")
         for field, target in (("true_affinity.target", self.true_affinity.target),
                               ("affinity.lookahead.target", self.affinity.lookahead.target)):
-            if isinstance(self.taskset, InstructionsTaskSet) and target == "ap":
+            if isinstance(self.taskset, InstructionsTaskSetConfig) and target == "ap":
                 raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
                                  "instructions task set's truth is its answer loss (use 'loss')")
-        if isinstance(self.taskset, InstructionsTaskSet) and self.dmtg.enabled:
+        if isinstance(self.taskset, InstructionsTaskSetConfig) and self.dmtg.enabled:
             raise ValueError("dmtg.enabled: DMTG branches a SIGN-MLP trunk; it is not "
                              "available for instructions task sets (set dmtg.enabled: false)")
         k = self.clustering.num_groups
@@ -634,12 +635,12 @@ def _check_file(field: str, path: Path) -> None:
 
 def _check_files(config: RunConfig) -> None:
     paths = []
-    if isinstance(config.taskset, SnapTaskSet):
+    if isinstance(config.taskset, SnapTaskSetConfig):
         paths += [("taskset.edges", config.taskset.edges),
                   ("taskset.communities", config.taskset.communities)]
-    if isinstance(config.taskset, TableTaskSet):
+    if isinstance(config.taskset, TableTaskSetConfig):
         paths.append(("taskset.path", config.taskset.path))
-    instructions = config.taskset if isinstance(config.taskset, InstructionsTaskSet) else None
+    instructions = config.taskset if isinstance(config.taskset, InstructionsTaskSetConfig) else None
     if instructions is not None and instructions.path and not instructions.path.exists():
         raise ConfigError(f"taskset.path: not found: {instructions.path}")
     model_path = config.language_model.name_or_path
@@ -647,7 +648,7 @@ def _check_files(config: RunConfig) -> None:
         raise ConfigError(f"language_model.name_or_path: not a local model folder: "
                           f"{model_path}")
     if config.features.path is not None:
-        if isinstance(config.taskset, TableTaskSet | PythonTaskSet | InstructionsTaskSet):
+        if not isinstance(config.taskset, SBMTaskSetConfig | SnapTaskSetConfig):
             raise ConfigError(f"features.path: the features section applies to graph task "
                               f"sets; a {config.taskset.kind} task set brings its own features")
         paths.append(("features.path", config.features.path))

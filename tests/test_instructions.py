@@ -17,7 +17,7 @@ from grouping.affinity.computers import GradientComputer
 from grouping.affinity.lm_outputs import lm_output_gradients
 from grouping.affinity.projection import dense_projection
 from grouping.artifacts import RunDirectory
-from grouping.config import ConfigError, InstructionsTaskSet, TrainConfig, parse_config
+from grouping.config import ConfigError, InstructionsTaskSetConfig, TrainConfig, parse_config
 from grouping.families import InstructionFamily
 from grouping.lm_training import encode_for, evaluate_examples, train_lm
 from grouping.models import restore, spec_from_dict, spec_to_dict
@@ -144,7 +144,7 @@ def test_instruction_config_mistakes_name_their_field(tmp_path):
 
 
 def test_generated_suite_is_deterministic_with_planted_families():
-    options = InstructionsTaskSet(kind="instructions")
+    options = InstructionsTaskSetConfig(kind="instructions")
     first, again, other = (generate_suite(options, seed) for seed in (0, 0, 1))
     assert first.num_tasks == 50 and first.task_names == again.task_names
     assert first.prompts == again.prompts and first.answers == again.answers
@@ -159,7 +159,7 @@ def test_generated_suite_is_deterministic_with_planted_families():
 
 
 def test_answer_noise_leaves_the_test_split_clean():
-    noisy = generate_suite(InstructionsTaskSet(kind="instructions", answer_noise=0.3), 0)
+    noisy = generate_suite(InstructionsTaskSetConfig(kind="instructions", answer_noise=0.3), 0)
     changed = np.zeros(noisy.num_examples, bool)
     for example in range(noisy.num_examples):
         skill = SKILLS[noisy.families[noisy.task[example]]]
@@ -170,7 +170,7 @@ def test_answer_noise_leaves_the_test_split_clean():
 
 
 def test_causal_encoding_marks_answer_positions():
-    taskset = generate_suite(InstructionsTaskSet(**_suite()), 0)
+    taskset = generate_suite(InstructionsTaskSetConfig(**_suite()), 0)
     chars = CharTokenizer()
     for mode in ("first", "mean"):
         spec = _spec(answer_logodds=mode)
@@ -197,7 +197,7 @@ def test_token_logodds_is_log_p_over_one_minus_p():
 
 
 def test_gradients_cover_lora_parameters_only_and_match_a_per_example_loop():
-    taskset = generate_suite(InstructionsTaskSet(**_suite()), 0)
+    taskset = generate_suite(InstructionsTaskSetConfig(**_suite()), 0)
     spec = _spec()
     model = build_lm(spec, 0)
     with torch.no_grad():  # a nonzero B so that the gradients of the A matrices are nonzero
@@ -228,7 +228,7 @@ def test_gradients_cover_lora_parameters_only_and_match_a_per_example_loop():
 
 
 def test_instruction_rows_hold_each_tasks_own_examples():
-    taskset = generate_suite(InstructionsTaskSet(**_suite()), 0)
+    taskset = generate_suite(InstructionsTaskSetConfig(**_suite()), 0)
     rows = InstructionFamily().rows(taskset, max_negatives=1, seed=0)
     assert (rows.label == 1).all() and (rows.weight == 1).all()
     assert np.array_equal(taskset.task[rows.example], rows.task)
@@ -239,7 +239,7 @@ def test_instruction_rows_hold_each_tasks_own_examples():
 
 
 def test_exact_match_by_teacher_forcing_equals_greedy_decoding():
-    taskset = generate_suite(InstructionsTaskSet(**_suite(
+    taskset = generate_suite(InstructionsTaskSetConfig(**_suite(
         num_families=10, tasks_per_family=1, num_tasks=10, examples_per_task=80)), 0)
     spec = _spec(architecture={"hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
                                "num_heads": 2})
@@ -276,7 +276,7 @@ def test_models_load_from_a_local_folder_causal_and_seq2seq(tmp_path):
                                         num_layers=1, num_heads=2, decoder_start_token_id=0,
                                         pad_token_id=0, eos_token_id=2)
                                ).save_pretrained(tmp_path / "seq2seq")
-    taskset = generate_suite(InstructionsTaskSet(**_suite()), 0)
+    taskset = generate_suite(InstructionsTaskSetConfig(**_suite()), 0)
     for folder, seq2seq, modules in (("causal", False, ["q_proj"]), ("seq2seq", True, ["q"])):
         config = parse_config(_config(_suite(), language_model={
             "name_or_path": str(tmp_path / folder), "seq2seq": seq2seq,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from grouping.artifacts import RunDirectory
-from grouping.config import ConfigError, TableTaskSet, parse_config
+from grouping.config import ConfigError, TableTaskSetConfig, parse_config
 from grouping.tasksets import TEST, TRAIN, VAL, TaskSet, build_taskset
 from grouping.tasksets.base import random_split
 from grouping.tasksets.table import load_table
@@ -42,8 +42,8 @@ def not_a_taskset(seed: int) -> dict:
     return {"seed": seed}
 
 
-def _table(path: Path, **fields) -> TableTaskSet:
-    return TableTaskSet(kind="table", path=path, **fields)
+def _table(path: Path, **fields) -> TableTaskSetConfig:
+    return TableTaskSetConfig(kind="table", path=path, **fields)
 
 
 def _write_csv(tmp_path: Path, rows: int = 200) -> tuple[Path, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from grouping.config import ConfigError, SBMTaskSet, SnapTaskSet, parse_config
+from grouping.config import ConfigError, SBMTaskSetConfig, SnapTaskSetConfig, parse_config
 from grouping.tasksets import TEST, TRAIN, VAL, build_taskset
 from grouping.tasksets.features import fastrp, sign_features, symmetric_adjacency
 from grouping.tasksets.sbm import generate_sbm
@@ -32,7 +32,7 @@ def _write_snap(tmp_path, compressed: bool):
 @pytest.mark.parametrize("compressed", [False, True])
 def test_snap_loader_maps_ids_and_takes_the_largest_communities(tmp_path, compressed):
     edges, communities = _write_snap(tmp_path, compressed)
-    config = SnapTaskSet(kind="snap", edges=edges, communities=communities, num_tasks=2)
+    config = SnapTaskSetConfig(kind="snap", edges=edges, communities=communities, num_tasks=2)
     graph = load_snap(config, seed=0)
     assert graph.num_nodes == 6
     assert graph.edges.max() == 5
@@ -47,13 +47,13 @@ def test_snap_loader_names_the_file_of_a_malformed_line(tmp_path):
     edges.write_text("1 2\n3 x\n")
     communities = tmp_path / "c.txt"
     communities.write_text("1 2\n")
-    config = SnapTaskSet(kind="snap", edges=edges, communities=communities, num_tasks=2)
+    config = SnapTaskSetConfig(kind="snap", edges=edges, communities=communities, num_tasks=2)
     with pytest.raises(ConfigError, match="bad.txt"):
         load_snap(config, seed=0)
 
 
 def test_sbm_is_seeded_and_plants_noisy_families():
-    config = SBMTaskSet(kind="sbm", num_blocks=6, block_size=100, num_families=3,
+    config = SBMTaskSetConfig(kind="sbm", num_blocks=6, block_size=100, num_families=3,
                         tasks_per_family=2, drop_fraction=0.1, flip_fraction=0.2)
     first, second = generate_sbm(config, 4), generate_sbm(config, 4)
     assert np.array_equal(first.edges, second.edges)
@@ -76,7 +76,7 @@ def test_sbm_is_seeded_and_plants_noisy_families():
 
 
 def test_fastrp_rows_are_unit_norm_per_hop_and_separate_blocks():
-    config = SBMTaskSet(kind="sbm", num_blocks=4, block_size=80, p_in=0.1, p_out=0.005,
+    config = SBMTaskSetConfig(kind="sbm", num_blocks=4, block_size=80, p_in=0.1, p_out=0.005,
                         num_families=1, tasks_per_family=1)
     graph = generate_sbm(config, 0)
     adjacency = symmetric_adjacency(graph.edges, graph.num_nodes)

@@ -6,11 +6,11 @@ import numpy as np
 
 from grouping.config import (
     ConfigError,
-    InstructionsTaskSet,
-    PythonTaskSet,
+    InstructionsTaskSetConfig,
+    PythonTaskSetConfig,
     RunConfig,
-    SBMTaskSet,
-    TableTaskSet,
+    SBMTaskSetConfig,
+    TableTaskSetConfig,
 )
 from grouping.tasksets.base import TEST, TRAIN, VAL, TaskSet
 from grouping.tasksets.custom import build_custom
@@ -48,15 +48,15 @@ def build_taskset(config: RunConfig) -> AnyTaskSet:
     """Build the task set a run config names. Tables and custom builders bring their own
     features; only graph task sets go through the ``features`` section (FastRP, SIGN).
     Instruction task sets are texts for a language model."""
-    if isinstance(config.taskset, InstructionsTaskSet):
+    if isinstance(config.taskset, InstructionsTaskSetConfig):
         if config.taskset.source == "generated":
             return generate_suite(config.taskset, config.seed)
         return load_instructions(config.taskset, config.seed)
-    if isinstance(config.taskset, TableTaskSet):
+    if isinstance(config.taskset, TableTaskSetConfig):
         return load_table(config.taskset, config.seed)
-    if isinstance(config.taskset, PythonTaskSet):
+    if isinstance(config.taskset, PythonTaskSetConfig):
         return build_custom(config.taskset, config.seed)
-    if isinstance(config.taskset, SBMTaskSet):
+    if isinstance(config.taskset, SBMTaskSetConfig):
         graph = generate_sbm(config.taskset, config.seed)
     else:
         graph = load_snap(config.taskset, config.seed)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from grouping.config import ConfigError, PythonTaskSet
+from grouping.config import ConfigError, PythonTaskSetConfig
 from grouping.tasksets.base import TEST, TRAIN, VAL, TaskSet
 
 
@@ -30,7 +30,7 @@ def resolve_builder(spec: str) -> Callable[..., TaskSet]:
     return function
 
 
-def check_returned(taskset: object, config: PythonTaskSet) -> TaskSet:
+def check_returned(taskset: object, config: PythonTaskSetConfig) -> TaskSet:
     """The builder's result if it is a usable TaskSet of the declared size, else ConfigError."""
     spec = config.builder
     if not isinstance(taskset, TaskSet):
@@ -52,7 +52,7 @@ def check_returned(taskset: object, config: PythonTaskSet) -> TaskSet:
     return taskset
 
 
-def build_custom(config: PythonTaskSet, seed: int) -> TaskSet:
+def build_custom(config: PythonTaskSetConfig, seed: int) -> TaskSet:
     """Call the configured builder with the run seed and ``params``; check what it returns."""
     builder = resolve_builder(config.builder)
     try:

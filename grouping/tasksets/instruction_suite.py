@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from grouping.config import InstructionsTaskSet
+from grouping.config import InstructionsTaskSetConfig
 from grouping.tasksets.base import TEST, random_split
 from grouping.tasksets.instructions import InstructionTaskSet, prompt_text
 
@@ -97,7 +97,7 @@ def _family_examples(skill: Skill, count: int, rng: np.random.Generator) -> tupl
     return inputs, [skill.answer(text) for text in inputs]
 
 
-def generate_suite(config: InstructionsTaskSet, seed: int) -> InstructionTaskSet:
+def generate_suite(config: InstructionsTaskSetConfig, seed: int) -> InstructionTaskSet:
     """``num_families`` skills × ``tasks_per_family`` instructions, ``examples_per_task``
     examples per task drawn from the family's input distribution, split by ``splits``."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from grouping.config import ConfigError, InstructionsTaskSet
+from grouping.config import ConfigError, InstructionsTaskSetConfig
 from grouping.tasksets.base import TEST, TRAIN, VAL, random_split
 
 
@@ -103,7 +103,7 @@ def _text(record: dict, field: str, where: str, required: bool = True) -> str | 
     return value
 
 
-def load_instructions(config: InstructionsTaskSet, seed: int) -> InstructionTaskSet:
+def load_instructions(config: InstructionsTaskSetConfig, seed: int) -> InstructionTaskSet:
     """Read JSONL instruction data: one file per task (the task is the file's stem) or a
     task field in each record; the instruction, input and output fields as the config names
     them (an output given as a list counts its first entry as the gold answer). A record's

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from grouping.config import SBMTaskSet
+from grouping.config import SBMTaskSetConfig
 from grouping.tasksets.base import TEST, TRAIN, VAL, random_split
 from grouping.tasksets.graph import CommunityGraph
 
@@ -54,7 +54,7 @@ def _flip_noise(labels: np.ndarray, nodes: np.ndarray, fraction: float,
     labels[rng.choice(negatives, count, replace=False)] = 1
 
 
-def generate_sbm(config: SBMTaskSet, seed: int) -> CommunityGraph:
+def generate_sbm(config: SBMTaskSetConfig, seed: int) -> CommunityGraph:
     """Generate the graph, labels, splits and planted families of ``config``."""
     rng = np.random.default_rng(seed)
     num_nodes = config.num_blocks * config.block_size

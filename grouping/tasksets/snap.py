@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grouping.config import ConfigError, SnapTaskSet
+from grouping.config import ConfigError, SnapTaskSetConfig
 from grouping.tasksets.base import random_split
 from grouping.tasksets.graph import CommunityGraph
 
@@ -78,7 +78,7 @@ def read_communities(path: Path) -> list[np.ndarray]:
     return communities
 
 
-def load_snap(config: SnapTaskSet, seed: int) -> CommunityGraph:
+def load_snap(config: SnapTaskSetConfig, seed: int) -> CommunityGraph:
     """The graph of ``config.edges`` with the ``num_tasks`` largest communities as tasks.
 
     Node ids may be arbitrary and non-contiguous; they are mapped to 0..n-1 in sorted order.

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
-from grouping.config import ConfigError, TableTaskSet
+from grouping.config import ConfigError, TableTaskSetConfig
 from grouping.tasksets.base import TRAIN, VAL, TaskSet, random_split
 
 LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1, "f": 0, "t": 1,
@@ -210,7 +210,7 @@ def in_data_order(columns: list[Column], count: int, at_end: bool) -> list[Colum
     return columns[size - count:] + columns[:size - count]
 
 
-def label_positions(config: TableTaskSet, table: RawTable) -> tuple[list[int], list[Column]]:
+def label_positions(config: TableTaskSetConfig, table: RawTable) -> tuple[list[int], list[Column]]:
     """Positions of the label columns in the data rows, and the columns in data order."""
     columns, path = table.columns, table.path
     if config.labels is not None:
@@ -285,7 +285,7 @@ def standardize_on(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(varies, scaled, 0.0).astype(np.float32)
 
 
-def load_table(config: TableTaskSet, seed: int) -> TaskSet:
+def load_table(config: TableTaskSetConfig, seed: int) -> TaskSet:
     """The task set of a multi-label table: one binary task per label column (named after
     it), the other columns as features standardised on the training split, and a seeded
     random train/validation/test split."""
