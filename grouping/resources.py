@@ -43,8 +43,8 @@ class Need:
 
 
 def task_rows(taskset: TaskSet, max_negatives: int | None) -> np.ndarray:
-    """Training and validation rows per task [T, 2] as ``build_rows`` keeps them (negatives
-    capped per task and split)."""
+    """Training and validation rows per task [T, 2] as the binary-label family's rows keep
+    them (negatives capped per task and split)."""
     counts = np.zeros((taskset.num_tasks, 2), np.int64)
     for column, split in enumerate((TRAIN, VAL)):
         labels = taskset.labels[taskset.indices(split)]
