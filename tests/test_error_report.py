@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grouping.evaluation.error_report import (
+from grouping.affinity.error_report import (
     error_report,
     room_for_grouping,
     within_task_spearman,
@@ -78,7 +78,7 @@ def test_selection_gain_is_measured_under_the_other_seed():
 def test_flop_counter_counts_a_matrix_product_and_the_comparison_scales_it():
     import torch
 
-    from grouping.evaluation.flops import count_flops, flop_comparison
+    from grouping.flops import count_flops, flop_comparison
 
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4

@@ -39,7 +39,7 @@ FORBIDDEN = {
     **{f"grouping.affinity.{module}": ("grouping.families",) for module in (
         "rows", "gradients", "lm_outputs", "hook_gradients", "projectors", "projection")},
     "grouping.families": ("grouping.clustering", "grouping.dmtg", "grouping.evaluation.report",
-                          "grouping.evaluation.error_stage", "grouping.affinity.estimators",
+                          "grouping.affinity.error_stage", "grouping.affinity.estimators",
                           "grouping.affinity.true_affinity", "grouping.affinity.computers"),
 }
 

@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from grouping import run_files
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.computers import feature_dim
+from grouping.affinity.error_stage import ErrorStage
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
 from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
@@ -29,7 +30,6 @@ from grouping.clustering import (
 from grouping.config import ConfigError, RunConfig, dump_config
 from grouping.dmtg import check_memory
 from grouping.evaluation.comparison import Plan, comparison_row, summarize_rows
-from grouping.evaluation.error_stage import ErrorStage
 from grouping.evaluation.linear_baseline import per_task_linear
 from grouping.evaluation.report import write_report
 from grouping.evaluation.verdict import grouping_label, verdict

@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grouping import run_files
+from grouping.affinity.error_report import ROOM_FIGURES
+from grouping.affinity.error_stage import against_truth, true_wall_seconds
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
 from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import subsets_for_coverage
 from grouping.artifacts import RunDirectory
 from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config, parse_config
 from grouping.evaluation.comparison import format_value, gap, summarize_rows
-from grouping.evaluation.error_report import ROOM_FIGURES
-from grouping.evaluation.error_stage import against_truth, true_wall_seconds
 from grouping.families import family_of
 from grouping.models import spec_from_dict
 from grouping.tasksets import AnyTaskSet
@@ -50,7 +50,7 @@ from workers.pipeline import Pipeline
 PROTOCOLS = ("from_scratch", "fine_tune")
 TRUTH_FIGURES = ("noise_floor", *ROOM_FIGURES)
 """The truth's own figures (error_report.json's ``true_*``): its agreement between two
-seeds and the room it leaves for grouping (:func:`grouping.evaluation.error_report.
+seeds and the room it leaves for grouping (:func:`grouping.affinity.error_report.
 room_for_grouping`)."""
 ROW_NAMES = {"all": "all-in-one", "gradtag": "estimated groups", "random": "random groups",
              "single": "single-task", "dmtg": "DMTG", "per_task_linear": "per-task logistic"}
@@ -234,7 +234,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     selection_gain}} (what a task's subset moves of its true figure, what one seed adds,
     what choosing its best subset saves under another seed, as fractions of the figure, the
     loss or 1 − AP:
-    :func:`grouping.evaluation.error_report.room_for_grouping`); ``rows``
+    :func:`grouping.affinity.error_report.room_for_grouping`); ``rows``
     [{grouping, optimizer, n_seeds, num_groups, deterministic, mean_/se_ of the primary and
     secondary test metrics, worst_/se_worst_ of the primary}] (empty with
     ``estimate_only``); ``oracle_beats_random`` {protocol: bool}; ``verdicts`` {question:

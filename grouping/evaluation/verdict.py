@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from grouping.affinity.error_report import ROOM_FIGURES
 from grouping.evaluation.comparison import METRIC_LABELS, Gap, format_mean, gap
-from grouping.evaluation.error_report import ROOM_FIGURES
 
 ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
               "spectral": "spectral groups of the estimate", "true": "true-affinity groups",

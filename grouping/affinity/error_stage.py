@@ -1,6 +1,7 @@
-"""The error report of a run: the estimate f̂(S, i) saved by the surrogate stage against the
-true fine-tuning f(S, i) saved by the true-affinity stage, plus the linearisation check and the
-counted cost of each side."""
+"""The error-report stage of a run: the estimate f̂(S, i) saved by the estimates stage against
+the true f(S, i) saved by the true-affinity stage (figures: :mod:`grouping.affinity.error_report`),
+plus what it computes itself: the linearisation check (θ0 fine-tuned again, its gradient
+features recomputed) and the counted FLOPs of each side (:mod:`grouping.flops`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from grouping import run_files
 from grouping.affinity.computers import GradientComputer
+from grouping.affinity.error_report import error_report
 from grouping.affinity.estimators import (
     ESTIMATORS,
     BaseModel,
@@ -19,9 +21,8 @@ from grouping.affinity.rows import RowTable
 from grouping.affinity.true_affinity import linearization_error, train_subset_from_scratch
 from grouping.artifacts import RunDirectory
 from grouping.config import RunConfig
-from grouping.evaluation.error_report import error_report
-from grouping.evaluation.flops import count_flops, flop_comparison
 from grouping.families import family_of
+from grouping.flops import count_flops, flop_comparison
 from grouping.models import Spec, restore
 from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import AnyTaskSet
