@@ -448,7 +448,7 @@ class Pipeline:
                 key=lambda task: task["task"])
             if plan.name == self.grouping and optimizer == primary and seed == seeds[0]:
                 for number, result in enumerate(mine):
-                    self.run.save_torch(f"group_models/group{number}.pt", {
+                    self.run.save_torch(f"{run_files.GROUP_MODELS}/group{number}.pt", {
                         "tasks": [task["task"] for task in result["tasks"]],
                         "optimizer": optimizer, "lr": result["lr"],
                         "spec": result["spec"], "state": result["state"]})
