@@ -182,8 +182,25 @@ TaskSetConfig = Annotated[SBMTaskSetConfig | SnapTaskSetConfig | TableTaskSetCon
                           Field(discriminator="kind")]
 
 
+class PropagatedLabelsConfig(_Strict):
+    """Each task's training labels propagated over the graph as one more input column per
+    task (personalised PageRank, Zhou et al., "Learning with Local and Global Consistency",
+    NIPS 2004, eq. 4, via PyG's ``LabelPropagation``): p = (1 − α) Σ_t (αÂ)^t y_train,
+    ``iterations`` terms, then log(p + 1e-4), standardised. A training node's own label
+    never reaches its own column: the training nodes are split into ``folds`` folds and a
+    node of fold f reads the propagation of the other folds' labels; every other node reads
+    the mean over folds. A task's regression and skip read its own column beside the shared
+    features (README "Model options")."""
+
+    enabled: bool = False
+    alpha: float = Field(0.85, gt=0, lt=1)
+    iterations: int = Field(20, ge=1, le=200)
+    folds: int = Field(5, ge=2, le=20)
+
+
 class FeaturesConfig(_Strict):
-    """Node features: FastRP structural embedding or a given .npy array, then SIGN."""
+    """Node features: FastRP structural embedding or a given .npy array, then SIGN; and,
+    optionally, each task's propagated training labels (``propagated_labels``)."""
 
     kind: Literal["fastrp", "given"] = "fastrp"
     path: Path | None = None
@@ -191,6 +208,7 @@ class FeaturesConfig(_Strict):
     hops: int = Field(4, ge=1, le=10)
     degree_exponent: float = -0.5
     sign_hops: int = Field(0, ge=0, le=6)
+    propagated_labels: PropagatedLabelsConfig = PropagatedLabelsConfig()
 
     @model_validator(mode="after")
     def _path_for_given(self) -> FeaturesConfig:
@@ -574,6 +592,10 @@ class RunConfig(_Strict):
             if isinstance(self.taskset, InstructionsTaskSetConfig) and target == "ap":
                 raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
                                  "instructions task set's truth is its answer loss (use 'loss')")
+        graph = isinstance(self.taskset, SBMTaskSetConfig | SnapTaskSetConfig)
+        if self.features.propagated_labels.enabled and not graph:
+            raise ValueError("features.propagated_labels.enabled: applies to graph task sets "
+                             "(taskset.kind sbm or snap); this task set has no graph")
         if isinstance(self.taskset, InstructionsTaskSetConfig) and self.dmtg.enabled:
             raise ValueError("dmtg.enabled: DMTG branches a SIGN-MLP trunk; it is not "
                              "available for instructions task sets (set dmtg.enabled: false)")

@@ -6,7 +6,9 @@ several initialisation seeds, beside the per-task logistic regression
 (:mod:`grouping.evaluation.linear_baseline`) on the same features and splits. Prints, per
 config, mean test AP and F1 with their standard error over seeds, and whether each variant
 beats the baseline variant and the logistic regression by more than two standard errors of
-the difference (:func:`grouping.evaluation.comparison.gap`).
+the difference (:func:`grouping.evaluation.comparison.gap`). With
+``--set features.propagated_labels.enabled=true`` on a graph config, a last row scores each
+task by its own column alone (its propagated training labels: label propagation).
 
     python scripts/bench_models.py --configs configs/yeast.yaml configs/cal500.yaml
     python scripts/bench_models.py --variant 'wide=model.hidden=[128]' --seeds 3
@@ -87,6 +89,7 @@ def bench_config(path: Path, variants: list[tuple[str, list[str]]], arguments) -
     from grouping.config import load_config
     from grouping.evaluation.comparison import gap
     from grouping.evaluation.linear_baseline import per_task_linear
+    from grouping.evaluation.metrics import task_metrics
     from grouping.families import BinaryLabelFamily
     from grouping.models.per_task_linear import fit_per_task_linear
     from grouping.tasksets import build_taskset
@@ -111,6 +114,11 @@ def bench_config(path: Path, variants: list[tuple[str, list[str]]], arguments) -
     linear, reference = rows[0], rows[1]
     for row in rows[2:]:
         row["vs_first"] = gap(row, reference, "mean_test_ap").describe()
+    if taskset.own_columns is not None:
+        # each task's own column (its propagated training labels) alone, as its score
+        scores = taskset.features[:, taskset.own_columns]
+        rows.append(_row("own_column_alone", [{"tasks": task_metrics(
+            taskset, scores, np.arange(taskset.num_tasks)), "seconds": 0.0}], [None]))
     for row in rows[1:]:
         row["vs_linear"] = gap(row, linear, "mean_test_ap").describe()
     return {"num_tasks": taskset.num_tasks, "num_examples": int(len(taskset.features)),

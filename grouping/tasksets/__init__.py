@@ -14,7 +14,13 @@ from grouping.config import (
 )
 from grouping.tasksets.base import TEST, TRAIN, VAL, TaskSet
 from grouping.tasksets.custom import build_custom
-from grouping.tasksets.features import fastrp, sign_features, standardize, symmetric_adjacency
+from grouping.tasksets.features import (
+    fastrp,
+    propagated_labels,
+    sign_features,
+    standardize,
+    symmetric_adjacency,
+)
 from grouping.tasksets.graph import CommunityGraph
 from grouping.tasksets.instruction_suite import generate_suite
 from grouping.tasksets.instructions import InstructionTaskSet, load_instructions
@@ -40,8 +46,17 @@ def graph_taskset(graph: CommunityGraph, config: RunConfig) -> TaskSet:
     else:
         rng = np.random.default_rng(config.seed + 1)
         base = fastrp(adjacency, options.dim, options.hops, options.degree_exponent, rng)
-    features = standardize(sign_features(adjacency, base, options.sign_hops))
-    return TaskSet(features, graph.labels, graph.split, graph.task_names, graph.families)
+    features = sign_features(adjacency, base, options.sign_hops)
+    own_columns = None
+    labels_options = options.propagated_labels
+    if labels_options.enabled:
+        own_columns = features.shape[1] + np.arange(graph.labels.shape[1])
+        features = np.concatenate([features, propagated_labels(
+            adjacency, graph.labels, np.flatnonzero(graph.split == TRAIN),
+            labels_options.alpha, labels_options.iterations, labels_options.folds,
+            np.random.default_rng(config.seed + 2))], axis=1)
+    return TaskSet(standardize(features), graph.labels, graph.split, graph.task_names,
+                   graph.families, own_columns)
 
 
 def build_taskset(config: RunConfig) -> AnyTaskSet:

@@ -21,6 +21,9 @@ class TaskSet:
         split: [n] int8, TRAIN / VAL / TEST per example.
         task_names: T names.
         families: [T] planted family per task when the builder knows it, else None.
+        own_columns: [T] the feature column that belongs to task k alone (its propagated
+            training labels, ``features.propagated_labels``), else None: every column is
+            shared. A per-task regression reads the shared columns and its own.
     """
 
     features: np.ndarray
@@ -28,6 +31,7 @@ class TaskSet:
     split: np.ndarray
     task_names: list[str]
     families: np.ndarray | None = None
+    own_columns: np.ndarray | None = None
     family: ClassVar[str] = "binary_labels"
     """The name of this kind of task set's :class:`grouping.families.TaskFamily`."""
 
@@ -37,6 +41,21 @@ class TaskSet:
             raise ValueError("features, labels and split disagree on the number of examples")
         if len(self.task_names) != num_tasks:
             raise ValueError("task_names must name every label column")
+        if self.own_columns is not None and (
+                self.own_columns.shape != (num_tasks,)
+                or len(np.unique(self.own_columns)) != num_tasks
+                or not 0 <= self.own_columns.min() <= self.own_columns.max()
+                < self.features.shape[1]):
+            raise ValueError("own_columns must name one distinct feature column per task")
+
+    def columns_of(self, task: int) -> np.ndarray:
+        """The feature columns task ``task``'s own regression reads: the shared columns,
+        then its own column when the task set has them."""
+        width = self.features.shape[1]
+        if self.own_columns is None:
+            return np.arange(width)
+        shared = np.setdiff1d(np.arange(width), self.own_columns)
+        return np.append(shared, self.own_columns[task])
 
     @property
     def num_tasks(self) -> int:

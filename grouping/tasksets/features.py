@@ -1,4 +1,5 @@
-"""Node features from graph structure: FastRP embeddings and SIGN propagation."""
+"""Node features from graph structure: FastRP embeddings, SIGN propagation, and each task's
+propagated training labels."""
 
 from __future__ import annotations
 
@@ -68,3 +69,41 @@ def standardize(features: np.ndarray) -> np.ndarray:
     scale = centered.std(axis=0, keepdims=True)
     centered /= np.where(scale > 0, scale, 1.0)
     return centered.astype(np.float32, copy=False)
+
+
+LOG_FLOOR = 1e-4
+"""Added to a propagated label score before its logarithm (scores of far nodes are 0)."""
+
+
+def propagated_labels(adjacency: sp.csr_matrix, labels: np.ndarray, train: np.ndarray,
+                      alpha: float, iterations: int, folds: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Each task's training labels propagated over the graph, [n, T] float32: log(p + 1e-4)
+    with p the personalised PageRank of the task's training positives (Zhou et al.,
+    "Learning with Local and Global Consistency", NIPS 2004, eq. 4: p ← αÂp + (1 − α)y,
+    Â = D^-1/2 A D^-1/2, ``iterations`` steps from p = y, PyG's ``LabelPropagation``).
+
+    Only training labels are read (``train``: indices of the training nodes), and a training
+    node's own label never reaches its own row: the training nodes are dealt into ``folds``
+    folds at random, the labels of all folds but f are propagated for the nodes of fold f,
+    and every other node reads the mean of the ``folds`` propagations (each of them from
+    (folds − 1)/folds of the training labels, as a training node's is).
+    """
+    import torch
+    from torch_geometric.nn.models import LabelPropagation
+
+    num_nodes = adjacency.shape[0]
+    coo = adjacency.tocoo()
+    edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    targets = torch.from_numpy(labels.astype(np.float32))
+    fold_of = np.full(num_nodes, -1)
+    fold_of[train] = rng.integers(0, folds, len(train))
+    propagate = LabelPropagation(num_layers=iterations, alpha=alpha)
+    scores = np.zeros(labels.shape, np.float64)
+    outside = fold_of < 0
+    for fold in range(folds):
+        mask = torch.from_numpy((fold_of >= 0) & (fold_of != fold))
+        propagated = propagate(targets, edge_index, mask=mask).numpy()
+        scores[fold_of == fold] = propagated[fold_of == fold]
+        scores[outside] += propagated[outside] / folds
+    return np.log(scores + LOG_FLOOR).astype(np.float32)
