@@ -190,9 +190,10 @@ class PropagatedLabelsConfig(_Strict):
     never reaches its own column: the training nodes are split into ``folds`` folds and a
     node of fold f reads the propagation of the other folds' labels; every other node reads
     the mean over folds. A task's regression and skip read its own column beside the shared
-    features (README "Model options")."""
+    features (README "Model options"). ``enabled``: None (the default) turns it on for
+    graph task sets (``taskset.kind`` sbm or snap) and off for the others."""
 
-    enabled: bool = False
+    enabled: bool | None = None
     alpha: float = Field(0.85, gt=0, lt=1)
     iterations: int = Field(20, ge=1, le=200)
     folds: int = Field(5, ge=2, le=20)

@@ -129,7 +129,7 @@ def train_lm(model: nn.Module, taskset: InstructionTaskSet, encoded: EncodedExam
     model = model.to(device)
     train_rows = torch.from_numpy(taskset.examples_of(tasks, TRAIN))
     val_rows = taskset.examples_of(tasks, VAL)
-    owners_all = torch.from_numpy(taskset.task)
+    owners_all = torch.tensor(taskset.task)  # a copy: the task set's array may be read-only
     step = _step_function(model, optimizer, config, tasks)
 
     def train_batch(rows: torch.Tensor) -> None:

@@ -100,7 +100,7 @@ def _labelled_config(**features) -> dict:
     return config
 
 
-def test_a_graph_task_set_gains_one_own_column_per_task_and_is_seeded():
+def test_a_graph_task_set_gains_one_own_column_per_task_by_default_and_is_seeded():
     plain = build_taskset(parse_config(small_sbm_config()))
     config = parse_config(_labelled_config())
     labelled, again = build_taskset(config), build_taskset(config)
@@ -109,6 +109,10 @@ def test_a_graph_task_set_gains_one_own_column_per_task_and_is_seeded():
     assert labelled.own_columns.tolist() == list(range(width, width + plain.num_tasks))
     assert np.array_equal(labelled.features, again.features)
     assert np.allclose(labelled.features[:, :width], plain.features, atol=1e-5)
+    # on by default for a graph task set
+    default = small_sbm_config()
+    del default["features"]["propagated_labels"]
+    assert np.array_equal(build_taskset(parse_config(default)).features, labelled.features)
 
 
 def test_a_task_s_regression_fits_the_shared_columns_and_weighs_its_own_on_validation():

@@ -49,7 +49,7 @@ def graph_taskset(graph: CommunityGraph, config: RunConfig) -> TaskSet:
     features = sign_features(adjacency, base, options.sign_hops)
     own_columns = None
     labels_options = options.propagated_labels
-    if labels_options.enabled:
+    if labels_options.enabled is not False:
         own_columns = features.shape[1] + np.arange(graph.labels.shape[1])
         features = np.concatenate([features, propagated_labels(
             adjacency, graph.labels, np.flatnonzero(graph.split == TRAIN),
