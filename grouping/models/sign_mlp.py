@@ -95,7 +95,7 @@ def build_model(spec: ModelSpec, seed: int, linear: PerTaskLinear | None = None)
         if model.skip is None or linear.weights.shape != tuple(model.skip.weight.shape):
             raise ValueError("a linear start needs the skip and one regression per head")
         with torch.no_grad():
-            model.skip.weight.copy_(torch.as_tensor(linear.weights))
-            model.heads.bias.copy_(torch.as_tensor(linear.intercepts))
+            model.skip.weight.copy_(torch.tensor(linear.weights))
+            model.heads.bias.copy_(torch.tensor(linear.intercepts))
             model.heads.weight.zero_()
     return model
