@@ -185,13 +185,14 @@ TaskSetConfig = Annotated[SBMTaskSetConfig | SnapTaskSetConfig | TableTaskSetCon
 class PropagatedLabelsConfig(_Strict):
     """Each task's training labels propagated over the graph as one more input column per
     task (personalised PageRank, Zhou et al., "Learning with Local and Global Consistency",
-    NIPS 2004, eq. 4, via PyG's ``LabelPropagation``): p = (1 − α) Σ_t (αÂ)^t y_train,
-    ``iterations`` terms, then log(p + 1e-4), standardised. A training node's own label
-    never reaches its own column: the training nodes are split into ``folds`` folds and a
-    node of fold f reads the propagation of the other folds' labels; every other node reads
-    the mean over folds. A task's regression and skip read its own column beside the shared
-    features (README "Model options"). ``enabled``: None (the default) turns it on for
-    graph task sets (``taskset.kind`` sbm or snap) and off for the others."""
+    NIPS 2004, eq. 4, via PyG's ``LabelPropagation``): p ← αÂp + (1 − α)y_train for
+    ``iterations`` steps from p = y_train, then log(p + 1e-4), standardised. A training
+    node's own label never reaches its own column: the training nodes are split into
+    ``folds`` folds and a node of fold f reads the propagation of the other folds' labels;
+    every other node reads the mean over folds. A task's regression and skip read its own
+    column beside the shared features (README "Model options"). ``enabled``: None (the
+    default) turns it on for graph task sets (``taskset.kind`` sbm or snap) and off for the
+    others."""
 
     enabled: bool | None = None
     alpha: float = Field(0.85, gt=0, lt=1)

@@ -120,7 +120,7 @@ def test_a_task_s_regression_fits_the_shared_columns_and_weighs_its_own_on_valid
     tasks = np.array([3, 0, 7])
     fit = fit_per_task_linear(taskset, tasks)
     train = taskset.split == TRAIN
-    shared = taskset.columns_of(0)[:-1]
+    shared = taskset.shared_columns
     for index, task in enumerate(tasks):
         others = np.setdiff1d(taskset.own_columns, taskset.own_columns[task])
         assert not fit.weights[index, others].any()

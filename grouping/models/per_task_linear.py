@@ -114,7 +114,7 @@ def fit_per_task_linear(taskset: TaskSet, tasks: np.ndarray | list[int] | None =
     train, val = taskset.indices(TRAIN), taskset.indices(VAL)
     weights = np.zeros((len(tasks), features.shape[1]))
     intercepts, inverse_l2 = np.zeros(len(tasks)), np.zeros(len(tasks))
-    shared = None if taskset.own_columns is None else features[:, taskset.columns_of(0)[:-1]]
+    shared = None if taskset.own_columns is None else features[:, taskset.shared_columns]
     for index, task in enumerate(tasks):
         weights[index, taskset.columns_of(task)], intercepts[index], inverse_l2[index] = (
             fit_task(features, taskset.labels[:, task], train, val) if shared is None else

@@ -48,14 +48,18 @@ class TaskSet:
                 < self.features.shape[1]):
             raise ValueError("own_columns must name one distinct feature column per task")
 
+    @property
+    def shared_columns(self) -> np.ndarray:
+        """The feature columns every task reads (all of them without own columns)."""
+        every = np.arange(self.features.shape[1])
+        return every if self.own_columns is None else np.setdiff1d(every, self.own_columns)
+
     def columns_of(self, task: int) -> np.ndarray:
         """The feature columns task ``task``'s own regression reads: the shared columns,
         then its own column when the task set has them."""
-        width = self.features.shape[1]
         if self.own_columns is None:
-            return np.arange(width)
-        shared = np.setdiff1d(np.arange(width), self.own_columns)
-        return np.append(shared, self.own_columns[task])
+            return self.shared_columns
+        return np.append(self.shared_columns, self.own_columns[task])
 
     @property
     def num_tasks(self) -> int:
