@@ -6,9 +6,10 @@ several initialisation seeds, beside the per-task logistic regression
 (:mod:`grouping.evaluation.linear_baseline`) on the same features and splits. Prints, per
 config, mean test AP and F1 with their standard error over seeds, and whether each variant
 beats the baseline variant and the logistic regression by more than two standard errors of
-the difference (:func:`grouping.evaluation.comparison.gap`). With
-``--set features.propagated_labels.enabled=true`` on a graph config, a last row scores each
-task by its own column alone (its propagated training labels: label propagation).
+the difference (:func:`grouping.evaluation.comparison.gap`). On a graph task set with
+propagated training labels (the SNAP configs; ``--set features.propagated_labels.enabled=true``
+for the planted ones), a last row scores each task by its own column alone (label
+propagation).
 
     python scripts/bench_models.py --configs configs/yeast.yaml configs/cal500.yaml
     python scripts/bench_models.py --variant 'wide=model.hidden=[128]' --seeds 3

@@ -3,8 +3,13 @@ propagated training labels."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import torch
 
 
 def symmetric_adjacency(edges: np.ndarray, num_nodes: int) -> sp.csr_matrix:
@@ -44,6 +49,14 @@ def fastrp(adjacency: sp.csr_matrix, dim: int, hops: int, degree_exponent: float
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
+def edge_index(adjacency: sp.csr_matrix) -> torch.Tensor:
+    """PyG's [2, E] int64 edge index of a sparse adjacency (both directions, as stored)."""
+    import torch
+
+    coo = adjacency.tocoo()
+    return torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+
+
 def sign_features(adjacency: sp.csr_matrix, features: np.ndarray, hops: int) -> np.ndarray:
     """SIGN inputs [X, ÂX, …, Â^K X] with Â = D^-1/2 A D^-1/2 (Frasca et al., "SIGN:
     Scalable Inception Graph Neural Networks", 2020, eq. 2), via PyG's SIGN transform."""
@@ -54,9 +67,7 @@ def sign_features(adjacency: sp.csr_matrix, features: np.ndarray, hops: int) -> 
     from torch_geometric.data import Data
     from torch_geometric.transforms import SIGN
 
-    coo = adjacency.tocoo()
-    edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    data = SIGN(hops)(Data(x=torch.from_numpy(features), edge_index=edge_index,
+    data = SIGN(hops)(Data(x=torch.from_numpy(features), edge_index=edge_index(adjacency),
                            num_nodes=adjacency.shape[0]))
     parts = [data.x] + [data[f"x{k}"] for k in range(1, hops + 1)]
     return torch.cat(parts, dim=1).numpy().astype(np.float32, copy=False)
@@ -93,8 +104,7 @@ def propagated_labels(adjacency: sp.csr_matrix, labels: np.ndarray, train: np.nd
     from torch_geometric.nn.models import LabelPropagation
 
     num_nodes = adjacency.shape[0]
-    coo = adjacency.tocoo()
-    edge_index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    edges = edge_index(adjacency)
     targets = torch.from_numpy(labels.astype(np.float32))
     fold_of = np.full(num_nodes, -1)
     fold_of[train] = rng.integers(0, folds, len(train))
@@ -103,7 +113,7 @@ def propagated_labels(adjacency: sp.csr_matrix, labels: np.ndarray, train: np.nd
     outside = fold_of < 0
     for fold in range(folds):
         mask = torch.from_numpy((fold_of >= 0) & (fold_of != fold))
-        propagated = propagate(targets, edge_index, mask=mask).numpy()
+        propagated = propagate(targets, edges, mask=mask).numpy()
         scores[fold_of == fold] = propagated[fold_of == fold]
         scores[outside] += propagated[outside] / folds
     return np.log(scores + LOG_FLOOR).astype(np.float32)
