@@ -334,13 +334,16 @@ class LookaheadConfig(_Strict):
     subset for ``epochs`` epochs at ``lr`` (null: the fine-tuning rate, true_affinity.lr or
     train.lr) in mini-batches of ``batch_size`` rows (null: train.batch_size), f̂ the mean
     over ``seeds`` such runs of each task's validation ``target`` (its loss, or 1 − its
-    average precision, as ``true_affinity.target``)."""
+    average precision, as ``true_affinity.target``); ``keep_best``: the checkpoint of the
+    best validation criterion over S's tasks among epochs 0..epochs (``train.early_stopping``,
+    the rule a group model stops by), not the last."""
 
     epochs: int = Field(3, ge=1)
     seeds: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
     target: TruthTarget = "loss"
+    keep_best: bool = False
 
 
 class AffinityConfig(_Strict):

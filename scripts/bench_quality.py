@@ -58,6 +58,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a field of every config")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    parser.add_argument("--verbose", action="store_true",
+                        help="library output (Ray, Tune, PyG warnings) on the console instead "
+                             "of WORKDIR/logs/bench-<time>.log")
     add_common_arguments(parser, device=None, threads=False)
     return parser.parse_args(argv)
 
@@ -65,6 +68,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     from grouping.config import ConfigError, load_config
+    from workers.console import quiet, say
     from workers.quality import BenchmarkSettings, benchmark_config, markdown, variant_options
     from workers.runtime import init_ray
 
@@ -81,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                                  arguments.single_task_max, arguments.seed,
                                  tuple(arguments.truths), tuple(arguments.estimators),
                                  arguments.estimate_only)
+    if not arguments.verbose:
+        log = arguments.workdir / "logs" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        quiet(log)
+        say(f"library output: {log}")
     init_ray(None)
     figures, text = {"settings": vars(settings), "configs": {}}, []
     for name, path in zip(names, arguments.configs):
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         result["seconds"]["total"] = time.perf_counter() - start
         figures["configs"][name] = result
         text += markdown(name, result)
-        print("\n".join(markdown(name, result)), flush=True)
+        say("\n".join(markdown(name, result)))
         write_figures(arguments.json, figures)
         if arguments.markdown:
             arguments.markdown.write_text("\n".join(text) + "\n")

@@ -5,6 +5,7 @@ by name."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import typing
@@ -27,7 +28,7 @@ from grouping.affinity.estimators.label_overlap import training_jaccard
 from grouping.affinity.estimators.lookahead import SEED_OFFSET
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import subset_losses
-from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.affinity.true_affinity import base_losses, fine_tune_subset
 from grouping.config import AffinityConfig, ConfigError, EstimatorName, RayConfig, parse_config
 from grouping.models import ModelSpec, build_model, restore
 from grouping.tasksets import TRAIN, VAL, build_taskset
@@ -220,6 +221,30 @@ def test_lookahead_batch_size_is_the_fine_tuning_batch_size(planted_base):
     default = _estimate(AffinityConfig(estimator="lookahead", lookahead={"epochs": 1}),
                         subset[None], inputs)
     assert not np.allclose(default, estimate)
+
+
+def test_lookahead_keep_best_keeps_the_epoch_a_group_model_would_stop_at(planted_base):
+    """With keep_best, f̂ is the fixed schedule's figure at the epoch (0..epochs) of the best
+    mean validation criterion over S's tasks (1 − mean AP: train.early_stopping val_ap), the
+    checkpoint a group model's early stopping keeps; the same batch orders as the fixed
+    schedule, so every candidate epoch is a fixed schedule of that length."""
+    subset = np.array([0, 1, 5])
+    base = dataclasses.replace(planted_base, training=planted_base.training.model_copy(
+        update={"early_stopping": "val_ap"}))
+    inputs = EstimatorInputs(None, None, None, base)
+    candidates = [fine_tune_subset(restore(base.spec, base.state), base.spec, base.taskset,
+                                   subset, base.training, epochs, base.seed + SEED_OFFSET,
+                                   torch.device("cpu"), "ap")["losses"]
+                  for epochs in (1, 2, 3, 4)]
+    start = base_losses(restore(base.spec, base.state), base.spec, base.taskset,
+                        torch.device("cpu"), "ap")[subset]
+    candidates.insert(0, start)
+    assert len({round(float(c.mean()), 12) for c in candidates}) > 1
+    kept = _estimate(AffinityConfig(estimator="lookahead", lookahead={
+        "epochs": 4, "target": "ap", "keep_best": True}), subset[None], inputs)[0]
+    best = int(np.argmin([c.mean() for c in candidates]))
+    assert np.allclose(kept, candidates[best])
+    assert kept.mean() <= candidates[-1].mean() and kept.mean() <= start.mean()
 
 
 def test_lookahead_target_ap_records_one_minus_the_validation_ap(planted_base):

@@ -23,13 +23,15 @@ from grouping.tasksets import AnyTaskSet
 
 def fine_tune_subset(base: nn.Module, spec: Spec, taskset: AnyTaskSet, subset: np.ndarray,
                      config: TrainConfig, epochs: int | None, seed: int,
-                     device: torch.device, target: TruthTarget = "loss") -> dict:
+                     device: torch.device, target: TruthTarget = "loss",
+                     keep_best: bool = False) -> dict:
     """f(S, i) for each task of the subset after the family's fine-tuning of θ0 on S
-    (:meth:`grouping.families.TaskFamily.fine_tune`), the ``target`` figure of its
-    validation losses, and the wall time."""
+    (:meth:`grouping.families.TaskFamily.fine_tune`, ``keep_best`` as there), the ``target``
+    figure of its validation losses, and the wall time."""
     start = time.perf_counter()
     family = family_of(taskset)
-    model = family.fine_tune(base, spec, taskset, subset, config, epochs, seed, device)
+    model = family.fine_tune(base, spec, taskset, subset, config, epochs, seed, device,
+                             keep_best)
     losses = family.validation_losses(model, spec, taskset, subset, device, target=target)
     return {"losses": losses, "seconds": time.perf_counter() - start}
 

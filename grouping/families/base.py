@@ -81,9 +81,11 @@ class TaskFamily(ABC):
     @abstractmethod
     def fine_tune(self, base: nn.Module, spec: Spec, taskset: AnyTaskSet, subset: np.ndarray,
                   config: TrainConfig, epochs: int | None, seed: int,
-                  device: torch.device) -> nn.Module:
+                  device: torch.device, keep_best: bool = False) -> nn.Module:
         """A copy of θ0 fine-tuned on ``subset``'s tasks: ``epochs`` set, a fixed schedule
-        of that many epochs (last state kept); None, early stopping as ``config`` says."""
+        of that many epochs (last state kept; with ``keep_best``, the state of the best
+        validation criterion among epochs 0..epochs, as early stopping keeps); None, early
+        stopping as ``config`` says."""
 
     @abstractmethod
     def validation_losses(self, model: nn.Module, spec: Spec, taskset: AnyTaskSet,

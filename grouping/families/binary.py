@@ -90,12 +90,12 @@ class BinaryLabelFamily(TaskFamily):
 
     def fine_tune(self, base: nn.Module, spec: ModelSpec, taskset: TaskSet, subset: np.ndarray,
                   config: TrainConfig, epochs: int | None, seed: int,
-                  device: torch.device) -> nn.Module:
+                  device: torch.device, keep_best: bool = False) -> nn.Module:
         """A copy of θ0 trained with only ``subset``'s heads in the loss."""
         model = copy.deepcopy(base)
         schedule = config if epochs is None else config.model_copy(update={"max_epochs": epochs})
         train_model(model, taskset, np.arange(taskset.num_tasks), schedule, seed, device,
-                    active_heads=subset, keep_best=epochs is None)
+                    active_heads=subset, keep_best=keep_best or epochs is None)
         return model
 
     def validation_losses(self, model: nn.Module, spec: ModelSpec, taskset: TaskSet,

@@ -68,13 +68,13 @@ class InstructionFamily(TaskFamily):
 
     def fine_tune(self, base: nn.Module, spec: LMSpec, taskset: InstructionTaskSet,
                   subset: np.ndarray, config: TrainConfig, epochs: int | None, seed: int,
-                  device: torch.device) -> nn.Module:
+                  device: torch.device, keep_best: bool = False) -> nn.Module:
         """A copy of θ0 whose adapter is trained on ``subset``'s examples."""
         model = copy.deepcopy(base)
         encoded = lm_training.encode_for(model, taskset, spec)
         schedule = config if epochs is None else config.model_copy(update={"max_epochs": epochs})
         lm_training.train_lm(model, taskset, encoded, subset, schedule, seed, device,
-                             keep_best=epochs is None)
+                             keep_best=keep_best or epochs is None)
         return model
 
     def validation_losses(self, model: nn.Module, spec: LMSpec, taskset: InstructionTaskSet,

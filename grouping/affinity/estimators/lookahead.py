@@ -7,7 +7,10 @@ epochs (a fixed schedule, Adam at ``lookahead.lr``, or the fine-tuning rate, in 
 ``lookahead.batch_size`` rows, or the training batch size), the same loop
 as the fine-tune truth over a fraction of its epochs, averaged over ``lookahead.seeds``
 batch orders; with ``lookahead.target: ap``, 1 − the task's validation average precision
-instead of its loss (the figure an AP truth records). Each lookahead draws its batches from
+instead of its loss (the figure an AP truth records). With ``lookahead.keep_best`` the
+fine-tuning keeps the checkpoint of its best validation criterion over S's tasks among epochs
+0..epochs (``train.early_stopping``, as a group model's early stopping keeps: the from-scratch
+truth's checkpoint rule) instead of its last state. Each lookahead draws its batches from
 seeds of its own (:data:`SEED_OFFSET`), so that it never shares a batch order with the error
 report's truth.
 """
@@ -56,6 +59,6 @@ class LookaheadEstimator(Estimator):
         return np.stack([
             np.mean([fine_tune_subset(model, base.spec, base.taskset, subset, training,
                                       options.epochs, int(seed), device,
-                                      options.target)["losses"]
+                                      options.target, options.keep_best)["losses"]
                      for seed in seeds], axis=0)
             for subset in subsets])
