@@ -10,7 +10,10 @@ The estimates are upper-side approximations of the arrays each stage allocates, 
   k = ``intermediate_dim``), a chunk's per-example gradients ``chunk_rows`` × D (``dense``),
   its projected rows, and its copy of the node features;
 - one surrogate worker: the gradient rows of the tasks of one batch of subsets, in the
-  surrogate's dtype, and each task's d × d curvature when the fits are preconditioned.
+  surrogate's dtype, and each task's d × d curvature when the fits are preconditioned;
+- for an estimator that reads no gradient features (the lookahead, the label overlap): the
+  rows' base outputs only, and per worker θ0 with its optimizer state and a copy of the
+  features it trains on.
 
 R is the number of (example, task) rows, D the number of projected parameters, d the
 projection's dimension.
@@ -26,6 +29,7 @@ import numpy as np
 import psutil
 
 from grouping.affinity.computers import feature_dim
+from grouping.affinity.estimators import gradient_projection_dim
 from grouping.affinity.surrogate_schedule import PRECONDITION_ROWS
 from grouping.config import ConfigError, RunConfig
 from grouping.tasksets.base import TRAIN, VAL, TaskSet
@@ -58,11 +62,18 @@ def task_rows(taskset: TaskSet, max_negatives: int | None) -> np.ndarray:
 
 def estimation_needs(config: RunConfig, taskset: TaskSet, num_parameters: int) -> list[Need]:
     """Disk of the gradient table, memory of one gradient worker and of one surrogate worker,
-    for a binary-label task set whose base model projects ``num_parameters`` parameters."""
+    for a binary-label task set whose base model projects ``num_parameters`` parameters. An
+    estimator that reads no gradient features gets a table of base outputs only, and its
+    workers hold θ0 and a copy of the task set's features, which they train."""
     options, ray = config.affinity, config.ray
-    dim = feature_dim(options.projection, options.projection_dim)
+    dim = feature_dim(options.projection, gradient_projection_dim(options))
     rows = task_rows(taskset, options.max_negatives)
     total_rows = int(rows.sum())
+    if dim == 0:
+        return [Need("the row table and its base outputs", "affinity.max_negatives",
+                     total_rows * 16),
+                Need("each estimate worker (θ0 and a copy of the task set's features)",
+                     "ray.num_workers", 2 * taskset.features.nbytes + 16 * num_parameters)]
     needs = [Need("the gradient table and its shards", "affinity.projection_dim",
                   2 * total_rows * dim * 4)]
     chunk = min(ray.chunk_rows, total_rows)
@@ -114,5 +125,6 @@ def check_needs(needs: list[Need], run_path: Path, worker_memory_gib: float | No
         if need.bytes > per_worker:
             raise ConfigError(f"{need.field}: {need.what} needs about {need.bytes / GIB:.1f} "
                               f"GiB, more than the {per_worker / GIB:.1f} GiB it has "
-                              f"({budget}); lower {need.field} or ray.num_workers, or set "
-                              "ray.worker_memory_gib")
+                              f"({budget}); lower {need.field}"
+                              + (" or ray.num_workers" if need.field != "ray.num_workers"
+                                 else "") + ", or set ray.worker_memory_gib")

@@ -176,7 +176,8 @@ def test_a_resumed_run_with_a_changed_config_keeps_the_earlier_one(tmp_path):
 
 def test_a_projection_too_large_for_memory_is_refused_before_any_work(tmp_path):
     _refused(_driver("--config", str(_config(tmp_path)), "--output", str(tmp_path / "run"),
-                     "--set", "affinity.projection_dim=10000000"), "affinity.projection_dim",
+                     "--set", "affinity.projection_dim=10000000",
+                     "--set", "affinity.estimator=surrogate"), "affinity.projection_dim",
              "GiB")
     assert not (tmp_path / "run").exists()
 

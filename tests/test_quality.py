@@ -5,6 +5,7 @@ planted task set."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import yaml
 from conftest import small_sbm_config
 
 from grouping.affinity.true_affinity import train_subset_from_scratch
+from grouping.artifacts import RunDirectory
 from grouping.config import parse_config
 from grouping.evaluation import linear_baseline
 from grouping.evaluation.comparison import gap, summarize_rows
@@ -146,7 +148,13 @@ def test_per_task_linear_fits_training_rows_and_never_reads_test_labels(tiny):
 
 
 def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_path):
-    from workers.quality import BenchmarkSettings, benchmark_config, markdown
+    from workers.quality import (
+        PROTOCOLS,
+        VARIANT_GRADIENTS,
+        BenchmarkSettings,
+        benchmark_config,
+        markdown,
+    )
 
     data = small_sbm_config(taskset={"num_blocks": 8, "num_families": 3, "tasks_per_family": 3,
                                      "flip_fraction": 0.1},
@@ -159,6 +167,13 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
                                  variants=("surrogate", "first_order", "label_overlap"))
     figures = benchmark_config(path, tmp_path / "bench", settings)
     assert max(figures["ari_planted_oracle"].values()) >= 0.9
+    # the default lookahead reads no gradients; the gradient variants' table is computed once,
+    # in the first protocol's run, and linked into the other's
+    runs = [RunDirectory(tmp_path / "bench" / protocol, True) for protocol in PROTOCOLS]
+    assert runs[0].load_array("gradients/features.npy").shape[1] == 0
+    assert os.path.samefile(runs[0].file(VARIANT_GRADIENTS), runs[1].file(VARIANT_GRADIENTS))
+    assert runs[0].load_array(VARIANT_GRADIENTS).shape == (
+        len(runs[0].load_arrays("gradients/rows.npz")["example"]), 400)
     rows = {row["grouping"]: row for row in figures["rows"]}
     assert {"all-in-one", "estimated groups", "random groups", "per-task logistic",
             "oracle groups (from-scratch truth)", "oracle groups (fine-tune truth)"} <= set(rows)

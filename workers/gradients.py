@@ -32,16 +32,17 @@ class GradientWorker:
     have gone out of scope, and it rebuilds the computer on its first call.
     """
 
-    def __init__(self, options: AffinityConfig, seed: int, threads: int, device: str) -> None:
+    def __init__(self, options: AffinityConfig, dim: int, seed: int, threads: int,
+                 device: str) -> None:
         torch.set_num_threads(threads)
-        self.options, self.seed, self.device = options, seed, device
+        self.options, self.dim, self.seed, self.device = options, dim, seed, device
         self.computer: GradientComputer | None = None
 
     def compute(self, shared: list[ray.ObjectRef], examples: np.ndarray,
                 tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.computer is None:
             spec, state, taskset = ray.get(shared)
-            self.computer = GradientComputer(spec, state, taskset, self.options.projection_dim,
+            self.computer = GradientComputer(spec, state, taskset, self.dim,
                                              self.seed, self.options.projection,
                                              self.options.intermediate_dim, self.device)
         return self.computer(examples, tasks)
@@ -50,18 +51,20 @@ class GradientWorker:
 def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
                               examples: np.ndarray, tasks: np.ndarray, options: AffinityConfig,
                               seed: int, config: RayConfig, projected: np.ndarray,
-                              shards: ShardStore | None = None) -> np.ndarray:
+                              shards: ShardStore | None = None, dim: int | None = None
+                              ) -> np.ndarray:
     """Base logits [R] of rows (examples[r], tasks[r]); their projected gradients go into
     ``projected`` [R, d] (a memory map, so the driver never holds every row), with the
-    projection ``options`` name (d: :func:`feature_dim`).
+    projection ``options`` name at ``dim`` (default ``options.projection_dim``; d:
+    :func:`feature_dim`; 0: base logits only, by a forward pass).
 
     With ``shards``, each finished chunk is saved at once and chunks saved by an interrupted
     attempt are read back instead of being computed again. Workers with a share of a GPU
     (``ray.num_gpus_per_worker``) compute on it.
     """
+    dim = options.projection_dim if dim is None else dim
     f0 = np.empty(len(examples), np.float32)
-    if projected.shape != (len(examples), feature_dim(options.projection,
-                                                      options.projection_dim)):
+    if projected.shape != (len(examples), feature_dim(options.projection, dim)):
         raise ValueError(f"projected has shape {projected.shape} for {len(examples)} rows")
     bounds = list(range(0, len(examples), config.chunk_rows))
     todo = []
@@ -77,7 +80,7 @@ def compute_gradient_features(spec: Spec, state: dict, taskset: AnyTaskSet,
         max_restarts=config.max_retries, max_task_retries=config.max_retries)
     state = {name: tensor.cpu() for name, tensor in state.items()}
     shared = [ray.put(value) for value in (spec, state, taskset)]
-    actors = [actor_class.remote(options, seed, worker_threads(config.num_cpus_per_worker),
+    actors = [actor_class.remote(options, dim, seed, worker_threads(config.num_cpus_per_worker),
                                  share_device(config.num_gpus_per_worker))
               for _ in range(min(usable_workers(config), len(todo)))]
     chunks = [(examples[start:start + config.chunk_rows], tasks[start:start + config.chunk_rows])

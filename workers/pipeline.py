@@ -15,7 +15,7 @@ from grouping import run_files
 from grouping.affinity.aggregate import affinity_from_losses
 from grouping.affinity.computers import feature_dim
 from grouping.affinity.error_stage import ErrorStage
-from grouping.affinity.estimators import ESTIMATORS, BaseModel
+from grouping.affinity.estimators import ESTIMATORS, BaseModel, gradient_projection_dim
 from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
 from grouping.affinity.true_affinity import base_losses
@@ -194,11 +194,12 @@ class Pipeline:
         rows = self.family.rows(self.taskset, options.max_negatives, self.config.seed)
         spec, state = self._load_base()
         shards = self._shards("gradients", self.config.ray.chunk_rows)
-        shape = (len(rows), feature_dim(options.projection, options.projection_dim))
+        dim = gradient_projection_dim(options)
+        shape = (len(rows), feature_dim(options.projection, dim))
         with self.run.array_writer(run_files.GRADIENT_FEATURES, shape, np.float32) as projected:
             f0 = compute_gradient_features(spec, state, self.taskset, rows.example, rows.task,
                                            options, self.config.seed, self.config.ray,
-                                           projected, shards)
+                                           projected, shards, dim)
         self.run.save_arrays(run_files.GRADIENT_ROWS, **rows.as_dict())
         self.run.save_array(run_files.GRADIENT_F0, f0)
         shards.clear()

@@ -32,7 +32,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from grouping import run_files
+from grouping.affinity.computers import feature_dim
 from grouping.affinity.error_report import ROOM_FIGURES
 from grouping.affinity.error_stage import against_truth, true_wall_seconds
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
@@ -45,9 +48,14 @@ from grouping.families import family_of
 from grouping.models import spec_from_dict
 from grouping.tasksets import AnyTaskSet
 from workers.estimates import compute_subset_losses
+from workers.gradients import compute_gradient_features
 from workers.pipeline import Pipeline
 
 PROTOCOLS = ("from_scratch", "fine_tune")
+VARIANT_GRADIENTS = "benchmark/gradient_features.npy"
+VARIANT_GRADIENT_SECONDS = "benchmark/gradient_seconds.json"
+"""The projected gradients of the run's rows for estimator variants that read them, where
+the run's own estimator reads none, and the seconds they took."""
 TRUTH_FIGURES = ("noise_floor", *ROOM_FIGURES)
 """The truth's own figures (error_report.json's ``true_*``): its agreement between two
 seeds and the room it leaves for grouping (:func:`grouping.affinity.error_report.
@@ -138,21 +146,22 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     subset}. Variants an estimator refuses for this task set are left out."""
     rows = RowTable(**run.load_arrays(run_files.GRADIENT_ROWS))
     f0 = run.load_array(run_files.GRADIENT_F0)
-    gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
     subsets = run.load_arrays(run_files.SUBSET_LOSSES)["subsets"]
     true = run.load_arrays(run_files.TRUE_LOSSES)
     scorable = family_of(taskset).scorable_tasks(taskset)
     true_seconds = true_wall_seconds(true["seconds"], len(subsets), config.ray.num_workers)
-    gradient_seconds = run.stage_seconds()["gradients"]
     saved = run.load_torch(run_files.BASE_MODEL)
     base = BaseModel(taskset, spec_from_dict(saved["spec"]), saved["state"],
                      config.fine_tuning(), config.seed)
+    applicable = {variant: variant_options(config, variant) for variant in variants}
+    applicable = {variant: options for variant, options in applicable.items()
+                  if ESTIMATORS[options.estimator].applies_to(family_of(taskset))}
+    gradients, gradient_seconds = _variant_gradients(
+        run, config, base, rows, any(ESTIMATORS[options.estimator].uses_gradient_features
+                                     for options in applicable.values()))
     out = {}
-    for variant in variants:
-        options = variant_options(config, variant)
+    for variant, options in applicable.items():
         estimator = ESTIMATORS[options.estimator]
-        if not estimator.applies_to(family_of(taskset)):
-            continue
         # Untimed: one subset per worker, so that the timed call finds them started.
         warm = config.ray.model_copy(update={"subsets_per_batch": 1})
         compute_subset_losses(subsets[:config.ray.num_workers], rows, f0, gradients, options,
@@ -170,6 +179,43 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
         report["cost_ratio"] = report["estimate_seconds"] / true_seconds
         out[variant] = report
     return out
+
+
+def _variant_gradients(run: RunDirectory, config: RunConfig, base: BaseModel, rows: RowTable,
+                       needed: bool) -> tuple[np.ndarray, float]:
+    """The gradient features the variants read and the seconds they cost: the run's own, or,
+    where the run's estimator reads none (its gradients stage wrote a table of width 0) and
+    a variant does, the config's projection of the same rows computed here once and kept in
+    the run directory (:data:`VARIANT_GRADIENTS`)."""
+    gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
+    if gradients.shape[1] > 0 or not needed:
+        return gradients, run.stage_seconds()["gradients"]
+    if not run.file(VARIANT_GRADIENTS).is_file():
+        options = config.affinity
+        shape = (len(rows.example), feature_dim(options.projection, options.projection_dim))
+        start = time.perf_counter()
+        with run.array_writer(VARIANT_GRADIENTS, shape, np.float32) as projected:
+            compute_gradient_features(base.spec, base.state, base.taskset, rows.example,
+                                      rows.task, options, config.seed, config.ray, projected)
+        run.write_json(VARIANT_GRADIENT_SECONDS, time.perf_counter() - start)
+    return (run.load_array(VARIANT_GRADIENTS, mmap=True),
+            float(run.read_json(VARIANT_GRADIENT_SECONDS)))
+
+
+def _share_variant_gradients(source: RunDirectory, target: RunDirectory) -> None:
+    """Hard-link the variant gradients ``source`` computed into ``target`` where both runs
+    hold the same base model and gradient rows (files of a hard-linked copy, never rewritten
+    since), so that each protocol's variant table reads one computation."""
+    shared = (run_files.BASE_MODEL, run_files.GRADIENT_ROWS)
+    names = (VARIANT_GRADIENTS, VARIANT_GRADIENT_SECONDS)
+    if (source.path == target.path or target.file(VARIANT_GRADIENTS).is_file()
+            or not all(source.file(name).is_file() for name in names)
+            or not all(os.path.samefile(source.file(name), target.file(name))
+                       for name in shared)):
+        return
+    target.file(VARIANT_GRADIENTS).parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        os.link(source.file(name), target.file(name))
 
 
 def _estimator_figures(report: dict) -> dict:
@@ -246,6 +292,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     default = config.affinity.estimator
     by_truth, effects = {}, {}
     for protocol, run in runs.items():
+        _share_variant_gradients(runs[protocols[0]], run)
         report = run.read_json(run_files.ERROR_REPORT)
         effects[protocol] = {key: report.get(f"true_{key}") for key in TRUTH_FIGURES}
         start = time.perf_counter()

@@ -16,8 +16,9 @@ from grouping.tasksets import AnyTaskSet
 
 
 def feature_dim(projection: str, dim: int) -> int:
-    """The number of gradient features a projection gives for ``projection_dim`` ``dim``."""
-    if projection == "kronecker":
+    """The number of gradient features a projection gives for ``projection_dim`` ``dim``
+    (none for ``dim`` 0: base outputs only)."""
+    if projection == "kronecker" and dim > 0:
         rows, columns = kronecker_factors(dim)
         return rows * columns
     return dim
@@ -38,20 +39,26 @@ class GradientComputer:
                  intermediate_dim: int = 2048, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.model = restore(spec, state).to(self.device)
-        self.projector = None
-        if projection == "dense":
+        self.dim, self.projector = dim, None
+        self.projection: dict[str, torch.Tensor] = {}
+        if dim > 0 and projection == "dense":
             shapes = {name: param.shape for name, param in self.model.named_parameters()
                       if param.requires_grad}
             self.projection = {name: block.to(self.device)
                                for name, block in dense_projection(shapes, dim, seed).items()}
-        else:
+        elif dim > 0:
             self.projector = make_projector(projection, self.model, dim, seed, intermediate_dim)
         self.outputs = family_of(taskset).output_rows(self.model, spec, taskset, self.device)
 
     def __call__(self, examples: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """f0 [rows] and the projected gradients [rows, d] of rows (examples, tasks), on the
-        CPU whatever the computer's device."""
+        CPU whatever the computer's device; with ``dim`` 0, f0 by a forward pass and [rows, 0]."""
         batch = self.outputs.batch(examples, tasks)
+        if self.dim == 0:
+            self.model.eval()
+            with torch.no_grad():
+                f0 = self.outputs.output(self.model, batch)
+            return f0.cpu().numpy(), np.zeros((len(f0), 0), np.float32)
         if self.projector is not None:
             f0, projected = projected_output_gradients(self.model, self.projector,
                                                        self.outputs.output, batch)

@@ -118,9 +118,10 @@ class ErrorStage:
     def linearization(self, subsets: np.ndarray) -> list[float]:
         """Linearised vs really fine-tuned logits on the validation rows of a few subsets
         (a family that checks it, with the dense projection, whose Pᵀ Δθ is taken per
-        parameter; none otherwise)."""
+        parameter, where the run computed gradient features; none otherwise)."""
         errors = []
-        if not self.family.checks_linearization or self.computer.projector is not None:
+        if (not self.family.checks_linearization or self.computer.projector is not None
+                or self.gradients.shape[1] == 0):
             return errors
         for subset in subsets:
             index = self.rows.rows_of(subset, 1)

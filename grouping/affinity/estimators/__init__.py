@@ -26,5 +26,12 @@ def make_estimator(options: AffinityConfig) -> Estimator:
     return ESTIMATORS[options.estimator](options)
 
 
-__all__ = ["ESTIMATORS", "BaseModel", "Estimator", "EstimatorInputs", "make_estimator",
-           "task_loss_gradients"]
+def gradient_projection_dim(options: AffinityConfig) -> int:
+    """The projection dimension the gradients stage computes: ``affinity.projection_dim``,
+    or 0 (base outputs only, no gradient) when the estimator reads no gradient features."""
+    uses = ESTIMATORS[options.estimator].uses_gradient_features
+    return options.projection_dim if uses else 0
+
+
+__all__ = ["ESTIMATORS", "BaseModel", "Estimator", "EstimatorInputs", "gradient_projection_dim",
+           "make_estimator", "task_loss_gradients"]
