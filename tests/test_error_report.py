@@ -19,6 +19,20 @@ def test_perfect_ranking_within_tasks_scores_one_even_with_an_offset():
     assert within_task_spearman(-truth, truth, tasks) == pytest.approx(-1.0)
 
 
+def test_values_that_differ_by_rounding_only_rank_nothing():
+    """A truth whose every subset model kept the same state differs only in float rounding
+    (about 1e-7 of the loss); ranking that would measure the arithmetic, not the subsets."""
+    tasks = np.repeat(np.arange(3), 5)
+    rng = np.random.default_rng(0)
+    level = np.repeat([0.01, 0.2, 0.5], 5)
+    rounding = level * (1 + 1e-7 * rng.standard_normal(15))
+    estimate = level * (1 + 0.1 * rng.standard_normal(15))
+    assert np.isnan(within_task_spearman(estimate, rounding, tasks))
+    assert np.isnan(within_task_spearman(rounding, rounding[::-1].copy(), tasks))
+    moved = level * (1 + 1e-3 * np.tile(np.arange(5), 3))
+    assert within_task_spearman(moved + 1.0, moved, tasks) == pytest.approx(1.0)
+
+
 def test_report_figures_on_known_arrays():
     tasks = np.repeat(np.arange(2), 4)
     truth = np.array([1.0, 1.1, 1.2, 1.3, 2.0, 2.2, 2.4, 2.6])

@@ -191,7 +191,8 @@ def test_lookahead_is_a_short_fine_tuning_with_seeds_of_its_own(ray_session, pla
     from workers.estimates import compute_subset_losses
 
     subsets = np.array([[0, 1, 5], [2, 7, 9], [3, 4, 8]])
-    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 2, "seeds": 2})
+    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 2, "seeds": 2,
+                                                                "keep_best": False})
     expected = [np.mean([fine_tune_subset(restore(planted_base.spec, planted_base.state),
                                           planted_base.spec, planted_base.taskset, subset,
                                           planted_base.training, 2, planted_base.seed + offset,
@@ -210,7 +211,8 @@ def test_lookahead_is_a_short_fine_tuning_with_seeds_of_its_own(ray_session, pla
 
 def test_lookahead_batch_size_is_the_fine_tuning_batch_size(planted_base):
     subset = np.array([0, 1, 5])
-    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 1, "batch_size": 256})
+    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 1, "batch_size": 256,
+                                                                "keep_best": False})
     inputs = EstimatorInputs(None, None, None, planted_base)
     training = planted_base.training.model_copy(update={"batch_size": 256})
     expected = fine_tune_subset(restore(planted_base.spec, planted_base.state),
@@ -218,7 +220,8 @@ def test_lookahead_batch_size_is_the_fine_tuning_batch_size(planted_base):
                                 planted_base.seed + SEED_OFFSET, torch.device("cpu"))["losses"]
     estimate = _estimate(options, subset[None], inputs)
     assert np.allclose(estimate[0], expected, rtol=1e-6)
-    default = _estimate(AffinityConfig(estimator="lookahead", lookahead={"epochs": 1}),
+    default = _estimate(AffinityConfig(estimator="lookahead",
+                                      lookahead={"epochs": 1, "keep_best": False}),
                         subset[None], inputs)
     assert not np.allclose(default, estimate)
 
@@ -251,7 +254,8 @@ def test_lookahead_target_ap_records_one_minus_the_validation_ap(planted_base):
     from grouping.affinity.estimators.lookahead import LookaheadEstimator
 
     subset = np.array([0, 1, 5])
-    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 1, "target": "ap"})
+    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 1, "target": "ap",
+                                                                "keep_best": False})
     inputs = EstimatorInputs(None, None, None, planted_base)
     expected = fine_tune_subset(restore(planted_base.spec, planted_base.state),
                                 planted_base.spec, planted_base.taskset, subset,

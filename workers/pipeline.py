@@ -99,6 +99,9 @@ class Pipeline:
             return text
         if name == "error_report":
             report = self.run.read_json(run_files.ERROR_REPORT)
+            if not np.isfinite(report["true_noise_floor"]):
+                return ("the true figures do not vary within any task (every subset's model "
+                        "kept the same state): nothing to rank")
             return (f"within-task Spearman of the estimate {report['within_task_spearman']:.2f} "
                     f"against a noise floor of {report['true_noise_floor']:.2f}")
         if name == "comparison":

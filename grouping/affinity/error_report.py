@@ -12,14 +12,25 @@ def relative_distance(estimate: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(estimate - truth) / np.linalg.norm(truth))
 
 
+RELATIVE_RESOLUTION = 1e-6
+"""Values of one task that differ by less than this fraction of their magnitude are taken as
+equal: float32 rounding (about 1e-7), not a ranking of subsets."""
+
+
+def varies(values: np.ndarray) -> bool:
+    """Whether ``values`` differ by more than rounding (:data:`RELATIVE_RESOLUTION`)."""
+    return bool(np.ptp(values) > RELATIVE_RESOLUTION * np.max(np.abs(values)))
+
+
 def within_task_spearman(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> float:
     """Spearman correlation across the subsets of each task, averaged over tasks with at
-    least three subsets and non-constant values (what grouping depends on: the ranking of a
-    task's subsets, not its loss level)."""
+    least three subsets whose values vary in both (:func:`varies`; what grouping depends on:
+    the ranking of a task's subsets, not its loss level). NaN when no task's do: a truth
+    whose every subset model kept the same state ranks nothing."""
     values = []
     for task in np.unique(tasks):
         where = tasks == task
-        if where.sum() >= 3 and np.ptp(first[where]) > 0 and np.ptp(second[where]) > 0:
+        if where.sum() >= 3 and varies(first[where]) and varies(second[where]):
             values.append(spearmanr(first[where], second[where]).statistic)
     return float(np.mean(values)) if values else float("nan")
 
