@@ -1,0 +1,122 @@
+"""Cost of lookahead estimator variants against the truth they rank, per subset, paired in one
+process on one thread: each sampled subset is truly trained (``true_affinity.protocol`` of
+the config: a group model from scratch, or θ0 fine-tuned) and estimated by every variant, in
+turn, so that every ratio is measured against a reference of the same run.
+
+The run directory is completed up to its base stage first (reused where current). Prints the
+median seconds per subset of the truth and of each variant, and each variant's ratio to the
+truth (median over subsets of the paired ratios).
+
+    python scripts/bench_lookahead.py --config configs/snap_amazon_sub.yaml \
+        --output results/bench_lookahead/snap_amazon_sub --subsets 8 \
+        --variant 'lookahead.keep_best=true' \
+        --variant 'lookahead.keep_best=true,lookahead.epochs=1'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.bench_cli import add_common_arguments, write_figures  # noqa: E402
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True,
+                        help="run directory (its linear and base stages are reused)")
+    parser.add_argument("--subsets", type=int, default=8, help="sampled subsets timed")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="FIELD=VALUE,...",
+                        help="lookahead variant: fields of the affinity section")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    add_common_arguments(parser, device=None, threads=False)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    from grouping import run_files
+    from grouping.affinity.estimators import BaseModel, EstimatorInputs, make_estimator
+    from grouping.affinity.subsets import sample_subsets
+    from grouping.affinity.true_affinity import fine_tune_subset, train_subset_from_scratch
+    from grouping.artifacts import RunDirectory
+    from grouping.config import ConfigError, load_config
+    from grouping.models import restore, spec_from_dict
+    from grouping.models.per_task_linear import PerTaskLinear
+    from workers.console import quiet, say
+    from workers.pipeline import Pipeline
+    from workers.quality import variant_options
+    from workers.runtime import init_ray
+
+    try:
+        config = load_config(arguments.config, arguments.set)
+        variants = {text: variant_options(config, f"lookahead:{text}")
+                    for text in arguments.variant or [""]}
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run = RunDirectory(arguments.output, arguments.output.is_dir())
+    quiet(run.file(f"logs/bench-lookahead-{time.strftime('%Y%m%d-%H%M%S')}.log"))
+    init_ray(None)
+    pipeline = Pipeline(config, run, arguments.output.is_dir())
+    pipeline.execute("base")
+    taskset = pipeline.taskset
+    saved = run.load_torch(run_files.BASE_MODEL)
+    spec, state = spec_from_dict(saved["spec"]), saved["state"]
+    linear = (PerTaskLinear(**run.load_arrays(run_files.LINEAR_MODEL))
+              if run.file(run_files.LINEAR_MODEL).is_file() else None)
+    base = BaseModel(taskset, spec, state, config.fine_tuning(), config.seed)
+    inputs = EstimatorInputs(None, None, None, base)
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    subsets = sample_subsets(taskset.num_tasks, config.affinity.subset_size, arguments.subsets,
+                             config.seed)
+    truth = config.true_affinity
+
+    def truly_train(subset: np.ndarray) -> None:
+        if truth.protocol == "from_scratch":
+            train_subset_from_scratch(taskset, subset, config, config.seed, cpu, linear)
+        else:
+            fine_tune_subset(restore(spec, state), spec, taskset, subset, config.fine_tuning(),
+                             truth.epochs, config.seed, cpu)
+
+    seconds: dict[str, list[float]] = {"truth": [], **{text: [] for text in variants}}
+    for subset in subsets:
+        start = time.perf_counter()
+        truly_train(subset)
+        seconds["truth"].append(time.perf_counter() - start)
+        for text, options in variants.items():
+            estimator = make_estimator(options)
+            start = time.perf_counter()
+            estimator.estimate(subset[None], inputs, None, cpu)
+            seconds[text].append(time.perf_counter() - start)
+    truth_seconds = np.array(seconds["truth"])
+    figures = {"config": config.name, "protocol": truth.protocol, "subsets": len(subsets),
+               "truth_median_seconds": float(np.median(truth_seconds)), "variants": {}}
+    say(f"{config.name}: {truth.protocol} truth {np.median(truth_seconds):.2f} s per subset "
+        f"(median of {len(subsets)})")
+    for text in variants:
+        values = np.array(seconds[text])
+        ratio = float(np.median(values / truth_seconds))
+        figures["variants"][text or "lookahead"] = {
+            "median_seconds": float(np.median(values)), "ratio_to_truth": ratio}
+        say(f"  lookahead {text or '(config)'}: {np.median(values):.2f} s, "
+            f"{ratio:.3f} of the truth")
+    write_figures(arguments.json, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
