@@ -15,6 +15,7 @@ from grouping.affinity.estimators import (
     ESTIMATORS,
     BaseModel,
     EstimatorInputs,
+    gradient_projection_dim,
     make_estimator,
 )
 from grouping.affinity.rows import RowTable
@@ -76,7 +77,7 @@ class ErrorStage:
         self.f0 = run.load_array(run_files.GRADIENT_F0)
         self.gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
         options = config.affinity
-        self.computer = GradientComputer(spec, state, taskset, options.projection_dim,
+        self.computer = GradientComputer(spec, state, taskset, gradient_projection_dim(options),
                                          config.seed, options.projection,
                                          options.intermediate_dim)
 
@@ -121,7 +122,7 @@ class ErrorStage:
         parameter, where the run computed gradient features; none otherwise)."""
         errors = []
         if (not self.family.checks_linearization or self.computer.projector is not None
-                or self.gradients.shape[1] == 0):
+                or self.computer.dim == 0):
             return errors
         for subset in subsets:
             index = self.rows.rows_of(subset, 1)
