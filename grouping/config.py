@@ -336,7 +336,9 @@ class LookaheadConfig(_Strict):
     over ``seeds`` such runs of each task's validation ``target`` (its loss, or 1 − its
     average precision, as ``true_affinity.target``); ``keep_best``: the checkpoint of the
     best validation criterion over S's tasks among epochs 0..epochs (``train.early_stopping``,
-    the rule a group model stops by), not the last."""
+    the rule a group model stops by), not the last; ``patience``: with ``keep_best``, the
+    fine-tuning stops once that many epochs in a row have not improved on the best (a group
+    model's early stopping with a shorter patience; null: every one of the ``epochs``)."""
 
     epochs: int = Field(3, ge=1)
     seeds: int = Field(1, ge=1)
@@ -344,6 +346,7 @@ class LookaheadConfig(_Strict):
     batch_size: int | None = Field(None, ge=1)
     target: TruthTarget = "loss"
     keep_best: bool = True
+    patience: int | None = Field(None, ge=1)
 
 
 class AffinityConfig(_Strict):

@@ -172,7 +172,9 @@ def run_epochs(model: nn.Module, train_rows: torch.Tensor,
     ``train_batch`` in consecutive batches of ``config.batch_size`` rows. ``criterion()`` is
     the validation criterion (lower is better); ``snapshot()`` copies the state worth keeping
     (the whole model, or only its trainable part) and ``restore(state)`` loads one back.
-    ``max_epochs`` overrides ``config.max_epochs``.
+    ``max_epochs`` overrides ``config.max_epochs``. Dropout masks are drawn from the global
+    random state seeded with ``seed`` for the loop (and restored after it), so that a model's
+    training depends on its seed alone, not on what the worker ran before.
 
     With ``keep_best`` (early stopping), the criterion is evaluated before training (epoch 0,
     the starting state the first best) and after every epoch, each value appended to the
@@ -188,17 +190,20 @@ def run_epochs(model: nn.Module, train_rows: torch.Tensor,
     best.criterion_curve.append(best.best_criterion)
     since_best = 0
     epochs = max_epochs or config.max_epochs
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = train_rows[torch.randperm(len(train_rows), generator=generator)
-                           .to(train_rows.device)]
-        for start in range(0, len(order), config.batch_size):
-            train_batch(order[start:start + config.batch_size])
-        if not keep_best and epoch < epochs:
-            continue
-        since_best = 0 if best.record(epoch, criterion(), snapshot) else since_best + 1
-        if keep_best and since_best >= config.patience:
-            break
+    cuda = [train_rows.device] if train_rows.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        for epoch in range(1, epochs + 1):
+            model.train()
+            order = train_rows[torch.randperm(len(train_rows), generator=generator)
+                               .to(train_rows.device)]
+            for start in range(0, len(order), config.batch_size):
+                train_batch(order[start:start + config.batch_size])
+            if not keep_best and epoch < epochs:
+                continue
+            since_best = 0 if best.record(epoch, criterion(), snapshot) else since_best + 1
+            if keep_best and since_best >= config.patience:
+                break
     if keep_best:
         restore(best.state)
     return best

@@ -248,6 +248,18 @@ def test_lookahead_keep_best_keeps_the_epoch_a_group_model_would_stop_at(planted
     best = int(np.argmin([c.mean() for c in candidates]))
     assert np.allclose(kept, candidates[best])
     assert kept.mean() <= candidates[-1].mean() and kept.mean() <= start.mean()
+    # With a patience, the fine-tuning stops as a group model's early stopping does: the
+    # kept epoch is the best among those run before `patience` epochs in a row failed.
+    means = [c.mean() for c in candidates]
+    for patience in (1, 2):
+        best, since = 0, 0
+        for epoch in range(1, 5):
+            best, since = (epoch, 0) if means[epoch] < means[best] else (best, since + 1)
+            if since >= patience:
+                break
+        stopped = _estimate(AffinityConfig(estimator="lookahead", lookahead={
+            "epochs": 4, "target": "ap", "patience": patience}), subset[None], inputs)[0]
+        assert np.allclose(stopped, candidates[best])
 
 
 def test_lookahead_target_ap_records_one_minus_the_validation_ap(planted_base):

@@ -4,12 +4,14 @@ answers the whole interface, and no module outside the families branches on the 
 from __future__ import annotations
 
 import ast
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import small_binary_taskset
+from conftest import small_binary_taskset, small_sbm_config
+from torch.nn.functional import binary_cross_entropy_with_logits
 
 from grouping.config import InstructionsTaskSetConfig, parse_config
 from grouping.evaluation.comparison import Plan, comparison_row
@@ -21,8 +23,10 @@ from grouping.families import (
     family_of,
 )
 from grouping.models import restore
+from grouping.models.sign_mlp import select_heads
 from grouping.tasksets import VAL, InstructionTaskSet, TaskSet
 from grouping.tasksets.instruction_suite import generate_suite
+from grouping.training import predict, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -75,8 +79,6 @@ def test_binary_rows_cap_negatives_and_scorable_tasks_need_a_validation_positive
 
 
 def test_the_binary_family_trains_a_group_and_measures_it_on_its_own_heads():
-    from conftest import small_sbm_config
-
     config = parse_config(small_sbm_config(model={"hidden": [4], "skip": False},
                                            train={"max_epochs": 3}))
     taskset = small_binary_taskset()
@@ -93,6 +95,40 @@ def test_the_binary_family_trains_a_group_and_measures_it_on_its_own_heads():
                              config.train, 2, 0, CPU)
     assert not torch.equal(tuned.heads.weight[0], base.heads.weight[0])
     assert torch.equal(tuned.heads.weight[1], base.heads.weight[1])
+
+
+def test_fine_tuning_a_subsets_own_heads_equals_training_with_only_them_in_the_loss():
+    """The binary family fine-tunes a copy holding only the subset's heads (select_heads):
+    its logits are the full model's columns, and training it moves the subset's heads and
+    the trunk as training the whole model with only those heads in the loss does."""
+    config = parse_config(small_sbm_config(model={"hidden": [4], "dropout": 0.2, "skip": True,
+                                                  "skip_init": "random"},
+                                           train={"max_epochs": 3, "weight_decay": 1e-3}))
+    taskset = small_binary_taskset()
+    family = family_of(taskset)
+    result = family.train_group(taskset, list(range(taskset.num_tasks)), config,
+                                config.train, CPU, seed=0)
+    spec, base = result["spec"], restore(result["spec"], result["state"])
+    subset = np.array([3, 0])
+    features = torch.tensor(taskset.features)
+    picked = select_heads(base, spec, subset)
+    assert picked.heads.weight.shape[0] == 2 and picked.skip.weight.shape[0] == 2
+    torch.testing.assert_close(predict(picked, features), predict(base, features)[:, subset])
+    tuned = family.fine_tune(base, spec, taskset, subset, config.train, 3, 5, CPU)
+    reference = copy.deepcopy(base)
+    train_model(reference, taskset, np.arange(taskset.num_tasks), config.train.model_copy(
+        update={"max_epochs": 3}), 5, CPU, active_heads=subset, keep_best=False)
+    torch.testing.assert_close(predict(tuned, features)[:, subset],
+                               predict(reference, features)[:, subset], rtol=1e-5, atol=1e-5)
+    others = np.setdiff1d(np.arange(taskset.num_tasks), subset)
+    assert torch.equal(tuned.skip.weight[others], base.skip.weight[others])
+    assert not torch.equal(tuned.skip.weight[subset], base.skip.weight[subset])
+    val = taskset.indices(VAL)
+    logits = predict(tuned, features[val])[:, subset].double()
+    labels = torch.tensor(taskset.labels[np.ix_(val, subset)], dtype=torch.float64)
+    expected = binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
+    np.testing.assert_allclose(family.validation_losses(tuned, spec, taskset, subset, CPU),
+                               expected.numpy(), rtol=1e-6)
 
 
 def test_a_comparison_row_reports_the_metrics_its_family_names():

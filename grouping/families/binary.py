@@ -19,6 +19,7 @@ from grouping.evaluation.metrics import task_metrics
 from grouping.families.base import OutputRows, TaskFamily
 from grouping.models import ModelSpec, build_model
 from grouping.models.per_task_linear import PerTaskLinear
+from grouping.models.sign_mlp import select_heads, write_heads
 from grouping.tasksets import VAL, TaskSet
 from grouping.training import average_precisions, predict, train_model
 
@@ -91,11 +92,15 @@ class BinaryLabelFamily(TaskFamily):
     def fine_tune(self, base: nn.Module, spec: ModelSpec, taskset: TaskSet, subset: np.ndarray,
                   config: TrainConfig, epochs: int | None, seed: int,
                   device: torch.device, keep_best: bool = False) -> nn.Module:
-        """A copy of θ0 trained with only ``subset``'s heads in the loss."""
-        model = copy.deepcopy(base)
+        """A copy of θ0 trained with only ``subset``'s heads in the loss: the subset's heads
+        are trained as a model of their own (:func:`select_heads`, so that the other heads
+        cost nothing) and written back; every other head keeps θ0's values."""
         schedule = config if epochs is None else config.model_copy(update={"max_epochs": epochs})
-        train_model(model, taskset, np.arange(taskset.num_tasks), schedule, seed, device,
-                    active_heads=subset, keep_best=keep_best or epochs is None)
+        tuned = select_heads(base, spec, subset)
+        train_model(tuned, taskset, np.asarray(subset), schedule, seed, device,
+                    keep_best=keep_best or epochs is None)
+        model = copy.deepcopy(base)
+        write_heads(model, subset, tuned)
         return model
 
     def validation_losses(self, model: nn.Module, spec: ModelSpec, taskset: TaskSet,
@@ -106,9 +111,9 @@ class BinaryLabelFamily(TaskFamily):
         (``ap``; 1 for a task without a validation positive, a constant that ranks no
         subset) of each task (label column) of ``tasks``."""
         val = taskset.indices(VAL)
-        logits = predict(model, torch.tensor(taskset.features[val], device=device))
         heads = tasks if heads is None else heads
-        logits = logits[:, torch.tensor(heads, device=device)].double()
+        logits = predict(select_heads(model, spec, heads),
+                         torch.tensor(taskset.features[val], device=device)).double()
         labels = torch.tensor(taskset.labels[np.ix_(val, tasks)], dtype=torch.float64,
                               device=device)
         if target == "ap":

@@ -6,8 +6,9 @@ contains one linear model per task."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,6 +78,39 @@ def restore_model(spec: ModelSpec, state: dict[str, torch.Tensor]) -> SignMLP:
     model = SignMLP(spec)
     model.load_state_dict(state)
     return model
+
+
+HEAD_PARAMETERS = ("heads.", "skip.")
+"""State entries with one row per head (the rows :func:`select_heads` picks)."""
+
+
+def select_heads(model: SignMLP, spec: ModelSpec, heads: np.ndarray) -> SignMLP:
+    """A copy of ``model`` (of ``spec``) with only the heads ``heads``, in that order: head k
+    of the copy is head ``heads[k]`` of ``model``, trunk and skip rows included, so that the
+    copy's logits are ``model``'s columns ``heads``. Training it moves exactly what training
+    ``model`` with only those heads in the loss moves, at the cost of |heads| heads instead
+    of all (the skip over the input is most of a wide task set's parameters). The global
+    random state is left as it was."""
+    index = torch.as_tensor(np.asarray(heads), dtype=torch.long)
+    state = {name: (value[index.to(value.device)] if name.startswith(HEAD_PARAMETERS)
+                    else value).clone()
+             for name, value in model.state_dict().items()}
+    with torch.random.fork_rng(devices=[]):
+        copied = restore_model(replace(spec, num_heads=len(index)), state)
+    return copied.to(next(model.parameters()).device)
+
+
+@torch.no_grad()
+def write_heads(model: SignMLP, heads: np.ndarray, source: SignMLP) -> None:
+    """Copy ``source`` (a :func:`select_heads` copy of ``model`` for ``heads``) back into
+    ``model``: its trunk, and its head k into head ``heads[k]``; other heads stay."""
+    targets = model.state_dict()
+    for name, value in source.state_dict().items():
+        if name.startswith(HEAD_PARAMETERS):
+            index = torch.as_tensor(np.asarray(heads), dtype=torch.long, device=value.device)
+            targets[name][index] = value
+        else:
+            targets[name].copy_(value)
 
 
 def build_model(spec: ModelSpec, seed: int, linear: PerTaskLinear | None = None) -> SignMLP:

@@ -10,9 +10,11 @@ batch orders; with ``lookahead.target: ap``, 1 − the task's validation average
 instead of its loss (the figure an AP truth records). With ``lookahead.keep_best`` the
 fine-tuning keeps the checkpoint of its best validation criterion over S's tasks among epochs
 0..epochs (``train.early_stopping``, as a group model's early stopping keeps: the from-scratch
-truth's checkpoint rule) instead of its last state. Each lookahead draws its batches from
-seeds of its own (:data:`SEED_OFFSET`), so that it never shares a batch order with the error
-report's truth.
+truth's checkpoint rule) instead of its last state, and with ``lookahead.patience`` it stops
+once that many epochs in a row have not improved on the best, as a group model's early
+stopping does (the later epochs could only be kept by improving after them). Each lookahead
+draws its batches from seeds of its own (:data:`SEED_OFFSET`), so that it never shares a
+batch order with the error report's truth.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class LookaheadEstimator(Estimator):
         options = self.options.lookahead
         training = base.training.model_copy(update={
             "lr": options.lr or base.training.lr,
-            "batch_size": options.batch_size or base.training.batch_size})
+            "batch_size": options.batch_size or base.training.batch_size,
+            "patience": options.patience or options.epochs})
         device = torch.device(device)
         model = restore(base.spec, base.state).to(device)
         seeds = base.seed + SEED_OFFSET + np.arange(options.seeds)
