@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from grouping.affinity.error_report import (
     error_report,
     room_for_grouping,
+    task_spearmans,
     within_task_spearman,
+    within_task_spearman_se,
 )
 
 
@@ -31,6 +34,23 @@ def test_values_that_differ_by_rounding_only_rank_nothing():
     assert np.isnan(within_task_spearman(rounding, rounding[::-1].copy(), tasks))
     moved = level * (1 + 1e-3 * np.tile(np.arange(5), 3))
     assert within_task_spearman(moved + 1.0, moved, tasks) == pytest.approx(1.0)
+
+
+def test_the_standard_error_is_the_spread_of_the_per_task_correlations():
+    tasks = np.repeat(np.arange(4), 6)
+    rng = np.random.default_rng(1)
+    truth = rng.standard_normal(24)
+    estimate = truth + rng.standard_normal(24)
+    per_task = [spearmanr(estimate[tasks == t], truth[tasks == t]).statistic for t in range(4)]
+    assert task_spearmans(estimate, truth, tasks) == pytest.approx(per_task)
+    assert within_task_spearman(estimate, truth, tasks) == pytest.approx(np.mean(per_task))
+    assert within_task_spearman_se(estimate, truth, tasks) == pytest.approx(
+        np.std(per_task, ddof=1) / 2)
+    one = tasks == 0
+    assert np.isnan(within_task_spearman_se(estimate[one], truth[one], tasks[one]))
+    report = error_report(estimate, truth, truth + 1, tasks, truth_repeat=truth)
+    assert report["within_task_spearman_se"] == pytest.approx(np.std(per_task, ddof=1) / 2)
+    assert report["true_noise_floor_se"] == 0
 
 
 def test_report_figures_on_known_arrays():

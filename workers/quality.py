@@ -221,7 +221,10 @@ def _share_variant_gradients(source: RunDirectory, target: RunDirectory) -> None
 def _estimator_figures(report: dict) -> dict:
     floor = report["true_noise_floor"]
     ratio = report["within_task_spearman"] / floor if floor and floor > 0 else float("nan")
-    return {"within_task_spearman": report["within_task_spearman"], "noise_floor": floor,
+    return {"within_task_spearman": report["within_task_spearman"],
+            "within_task_spearman_se": report.get("within_task_spearman_se", float("nan")),
+            "noise_floor": floor,
+            "noise_floor_se": report.get("true_noise_floor_se", float("nan")),
             "ratio_to_floor": ratio, "mean_change": report["mean_change"],
             "true_mean_change": report["mean_true_change"], "spearman": report["spearman"],
             "relative_distance": report["relative_distance"],
@@ -378,16 +381,25 @@ def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[
     return out
 
 
+def _with_se(figures: dict, key: str, se_key: str) -> str:
+    """``figures[key]`` ± its standard error where one was measured."""
+    se = figures.get(se_key)
+    text = format_value(figures[key])
+    return text if se is None or not np.isfinite(se) else f"{text} ± {format_value(se)}"
+
+
 def estimator_table(figures: dict) -> list[str]:
-    """One line per (truth, estimator variant): within-task Spearman, its floor and ratio,
+    """One line per (truth, estimator variant): within-task Spearman and its floor (± their
+    standard errors over tasks), their ratio,
     pooled Spearman, the changes of f̂ and f, the cost ratio."""
     lines = ["| truth | estimator | within-task Spearman | noise floor | ratio | pooled "
              "Spearman | mean change f̂ / f | cost ratio (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for protocol, estimators in figures["estimators_by_truth"].items():
         for variant, est in estimators.items():
-            lines.append(f"| {protocol} | {variant} | {format_value(est['within_task_spearman'])}"
-                         f" | {format_value(est['noise_floor'])} | "
+            lines.append(f"| {protocol} | {variant} | "
+                         f"{_with_se(est, 'within_task_spearman', 'within_task_spearman_se')}"
+                         f" | {_with_se(est, 'noise_floor', 'noise_floor_se')} | "
                          f"{format_value(est['ratio_to_floor'])} | "
                          f"{format_value(est['spearman'])} | "
                          f"{format_value(est['mean_change'])} / "

@@ -22,17 +22,30 @@ def varies(values: np.ndarray) -> bool:
     return bool(np.ptp(values) > RELATIVE_RESOLUTION * np.max(np.abs(values)))
 
 
-def within_task_spearman(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> float:
-    """Spearman correlation across the subsets of each task, averaged over tasks with at
-    least three subsets whose values vary in both (:func:`varies`; what grouping depends on:
-    the ranking of a task's subsets, not its loss level). NaN when no task's do: a truth
-    whose every subset model kept the same state ranks nothing."""
+def task_spearmans(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> np.ndarray:
+    """Spearman correlation across the subsets of each task with at least three subsets whose
+    values vary in both (:func:`varies`; what grouping depends on: the ranking of a task's
+    subsets, not its loss level), one value per such task."""
     values = []
     for task in np.unique(tasks):
         where = tasks == task
         if where.sum() >= 3 and varies(first[where]) and varies(second[where]):
             values.append(spearmanr(first[where], second[where]).statistic)
-    return float(np.mean(values)) if values else float("nan")
+    return np.asarray(values, dtype=float)
+
+
+def within_task_spearman(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> float:
+    """The mean of :func:`task_spearmans` over tasks. NaN when no task's values vary: a truth
+    whose every subset model kept the same state ranks nothing."""
+    values = task_spearmans(first, second, tasks)
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def within_task_spearman_se(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> float:
+    """The standard error of :func:`within_task_spearman` over tasks (NaN below two tasks):
+    how far the figure moves with the task set's draw of tasks and subsets."""
+    values = task_spearmans(first, second, tasks)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
 ROOM_FIGURES = ("composition_effect", "seed_effect", "selection_gain")
@@ -92,17 +105,19 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "median_relative_error": float(np.median(relative)),
         "spearman": float(spearmanr(estimate, truth).statistic),
         "within_task_spearman": within_task_spearman(estimate, truth, tasks),
+        "within_task_spearman_se": within_task_spearman_se(estimate, truth, tasks),
         "base_relative_distance": relative_distance(base, truth),
         "task_mean_relative_distance": relative_distance(task_mean, truth),
         "mean_change": float(np.mean(np.abs(estimate - base)[based] / base[based])),
         "mean_true_change": float(np.mean(np.abs(truth - base)[based] / base[based])),
     }
-    report["true_noise_floor"] = float("nan")
+    report["true_noise_floor"] = report["true_noise_floor_se"] = float("nan")
     room = dict.fromkeys(ROOM_FIGURES, float("nan"))
     if truth_repeat is not None:
         repeated = np.isfinite(truth_repeat)
-        report["true_noise_floor"] = within_task_spearman(
-            truth[repeated], truth_repeat[repeated], tasks[repeated])
+        pairs = truth[repeated], truth_repeat[repeated], tasks[repeated]
+        report["true_noise_floor"] = within_task_spearman(*pairs)
+        report["true_noise_floor_se"] = within_task_spearman_se(*pairs)
         room = room_for_grouping(truth[repeated], truth_repeat[repeated], tasks[repeated])
     report.update((f"true_{key}", value) for key, value in room.items())
     return report

@@ -96,6 +96,8 @@ def _error_section(run: Path, report: dict) -> list[str]:
              "mostly the tasks' loss levels: high even without information on subsets"),
             ("Spearman within each task", "within_task_spearman",
              "what grouping needs: 0 is chance, the noise floor the most reachable"),
+            ("  its standard error over tasks", "within_task_spearman_se",
+             "differences between estimators below about twice this are noise"),
             ("  noise floor (two training seeds of the truth)", "true_noise_floor",
              "the truth's agreement with itself"),
             ("composition effect: SD of a task's true loss over its subsets / its loss",
@@ -132,7 +134,7 @@ def _error_section(run: Path, report: dict) -> list[str]:
     for label, key, reading in rows:
         value = (f"{format_value(report['mean_relative_error'])} / "
                  f"{format_value(report['median_relative_error'])}"
-                 if key is None else format_value(report[key]))
+                 if key is None else format_value(report.get(key, float("nan"))))
         lines.append(f"| {label} | {value} | {reading} |")
     lines += [f"| estimate seconds (the estimator's stages) | {report['estimate_seconds']:.1f} "
               f"| |",
