@@ -53,6 +53,24 @@ def test_the_standard_error_is_the_spread_of_the_per_task_correlations():
     assert report["true_noise_floor_se"] == 0
 
 
+def test_a_rounding_pattern_shared_by_estimate_and_truth_ranks_nothing():
+    """Two computations of the same arithmetic repeat their rounding: where most subsets of a
+    task kept their start in both the truth and the estimate, their values differ by the same
+    1e-9, and ranking that would report agreement the subsets do not have."""
+    rng = np.random.default_rng(0)
+    tasks = np.repeat(np.arange(3), 8)
+    kept = np.ones(24)
+    truth_moves, estimate_moves = kept.copy(), kept.copy()
+    truth_moves[::8] += 0.5
+    estimate_moves[3::8] += 0.5
+    rounding = 1e-9 * rng.standard_normal(24)
+    shared = within_task_spearman(estimate_moves + rounding, truth_moves + rounding, tasks)
+    clean = within_task_spearman(estimate_moves, truth_moves, tasks)
+    assert shared == pytest.approx(clean) and clean < 0
+    assert spearmanr(estimate_moves[:8] + rounding[:8],
+                     truth_moves[:8] + rounding[:8]).statistic > 0.3
+
+
 def test_report_figures_on_known_arrays():
     tasks = np.repeat(np.arange(2), 4)
     truth = np.array([1.0, 1.1, 1.2, 1.3, 2.0, 2.2, 2.4, 2.6])

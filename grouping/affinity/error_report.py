@@ -22,15 +22,31 @@ def varies(values: np.ndarray) -> bool:
     return bool(np.ptp(values) > RELATIVE_RESOLUTION * np.max(np.abs(values)))
 
 
+def resolved_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks of ``values`` in which values within rounding of each other
+    (:data:`RELATIVE_RESOLUTION` of their largest magnitude, chained through sorted
+    neighbours) share one rank. Subset models that kept the same state differ only in float
+    rounding, and a rounding pattern can repeat between two computations of the same
+    arithmetic (a truth and an estimate that both kept a subset's start), so ranking the
+    rounding would measure the arithmetic, not the subsets."""
+    order = np.argsort(values, kind="stable")
+    tolerance = RELATIVE_RESOLUTION * np.max(np.abs(values))
+    ranks = np.empty(len(values))
+    ranks[order] = np.concatenate([[0], np.cumsum(np.diff(values[order]) > tolerance)])
+    return ranks
+
+
 def task_spearmans(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> np.ndarray:
     """Spearman correlation across the subsets of each task with at least three subsets whose
     values vary in both (:func:`varies`; what grouping depends on: the ranking of a task's
-    subsets, not its loss level), one value per such task."""
+    subsets, not its loss level), values within rounding of each other tied
+    (:func:`resolved_ranks`), one value per such task."""
     values = []
     for task in np.unique(tasks):
         where = tasks == task
         if where.sum() >= 3 and varies(first[where]) and varies(second[where]):
-            values.append(spearmanr(first[where], second[where]).statistic)
+            values.append(spearmanr(resolved_ranks(first[where]),
+                                    resolved_ranks(second[where])).statistic)
     return np.asarray(values, dtype=float)
 
 
