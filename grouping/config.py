@@ -313,7 +313,8 @@ class TrainConfig(_Strict):
     early_stopping: Literal["val_loss", "val_ap"] = "val_ap"
 
 
-EstimatorName = Literal["surrogate", "first_order", "label_overlap", "lookahead"]
+EstimatorName = Literal["surrogate", "first_order", "label_overlap", "lookahead",
+                        "truncated"]
 
 
 class FirstOrderConfig(_Strict):
@@ -349,6 +350,16 @@ class LookaheadConfig(_Strict):
     patience: int | None = Field(None, ge=1)
 
 
+class TruncatedConfig(_Strict):
+    """The truncated estimator (grouping.affinity.estimators.truncated): a fresh group model
+    on each subset trained exactly as the from-scratch truth trains it (the comparison's
+    first optimizer and learning rate, the linear start, early stopping), cut at ``epochs``
+    epochs; f̂ each task's validation ``target`` at its kept checkpoint."""
+
+    epochs: int = Field(15, ge=1)
+    target: TruthTarget = "loss"
+
+
 class AffinityConfig(_Strict):
     """How f(S, i) is obtained on the sampled subsets before aggregation into T.
 
@@ -362,7 +373,9 @@ class AffinityConfig(_Strict):
     alignment of task i's validation loss gradient with the mean training loss gradient of
     S (``first_order``); ``label_overlap``, the overlap of the training positives of i with
     those of S's other tasks (binary-label task sets only; no model); ``lookahead``, task
-    i's validation loss after a short real fine-tuning of θ0 on S (``lookahead``).
+    i's validation loss after a short real fine-tuning of θ0 on S (``lookahead``);
+    ``truncated``, task i's validation loss after the truth's own training of a fresh model
+    on S, cut short (``truncated``).
 
     Default ``lookahead`` with 3 epochs and ``keep_best``, chosen by measurement (README
     "Affinity estimators"): against θ0 fine-tuned for 10 epochs the lookahead ranks a task's
@@ -387,6 +400,7 @@ class AffinityConfig(_Strict):
     estimator: EstimatorName = "lookahead"
     first_order: FirstOrderConfig = FirstOrderConfig()
     lookahead: LookaheadConfig = LookaheadConfig()
+    truncated: TruncatedConfig = TruncatedConfig()
     projection: Literal["dense", "kronecker", "kronecker+dense"] = "dense"
     intermediate_dim: int = Field(2048, ge=4)
     projection_dim: int = Field(200, ge=1)
@@ -599,7 +613,8 @@ class RunConfig(_Strict):
                              "instructions task set trains on the answer's loss and stops on "
                              "its validation loss (remove the field)")
         for field, target in (("true_affinity.target", self.true_affinity.target),
-                              ("affinity.lookahead.target", self.affinity.lookahead.target)):
+                              ("affinity.lookahead.target", self.affinity.lookahead.target),
+                              ("affinity.truncated.target", self.affinity.truncated.target)):
             if isinstance(self.taskset, InstructionsTaskSetConfig) and target == "ap":
                 raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
                                  "instructions task set's truth is its answer loss (use 'loss')")

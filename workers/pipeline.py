@@ -55,6 +55,14 @@ from workers.true_affinity import fine_tune_subsets
 from workers.tuning import GroupJob, train_group_trials
 
 
+def linear_start(run: RunDirectory, config: RunConfig, family: TaskFamily) -> PerTaskLinear | None:
+    """The per-task regressions every binary-label model of the run in ``run`` starts from
+    (``model.skip_init: linear``; read from its linear stage), or None."""
+    if not (family.binary_labels and config.model.linear_start):
+        return None
+    return PerTaskLinear(**run.load_arrays(run_files.LINEAR_MODEL))
+
+
 class Pipeline:
     """One run: the task set, then the stages [linear: one logistic regression per task] →
     base → gradients → estimates (or true
@@ -169,11 +177,7 @@ class Pipeline:
             self.taskset, fit=fit, fit_seconds=seconds))
 
     def _linear_start(self) -> PerTaskLinear | None:
-        """The per-task regressions every binary-label model of this run starts from
-        (``model.skip_init: linear``), or None."""
-        if not (self.family.binary_labels and self.config.model.linear_start):
-            return None
-        return PerTaskLinear(**self.run.load_arrays(run_files.LINEAR_MODEL))
+        return linear_start(self.run, self.config, self.family)
 
     def _base(self) -> None:
         (result,) = train_groups(self.taskset, [list(range(self.taskset.num_tasks))],
@@ -188,9 +192,11 @@ class Pipeline:
         return spec_from_dict(saved["spec"]), saved["state"]
 
     def _base_model(self) -> BaseModel:
-        """θ0 with the task set, fine-tuning settings and seed, for estimators that train it."""
+        """θ0 with the task set, fine-tuning settings and seed, for estimators that train it,
+        and the run's config and linear start, for estimators that train a group model."""
         spec, state = self._load_base()
-        return BaseModel(self.taskset, spec, state, self.config.fine_tuning(), self.config.seed)
+        return BaseModel(self.taskset, spec, state, self.config.fine_tuning(), self.config.seed,
+                         self.config, self._linear_start())
 
     def _gradients(self) -> None:
         options = self.config.affinity

@@ -49,7 +49,7 @@ from grouping.models import spec_from_dict
 from grouping.tasksets import AnyTaskSet
 from workers.estimates import compute_subset_losses
 from workers.gradients import compute_gradient_features
-from workers.pipeline import Pipeline
+from workers.pipeline import Pipeline, linear_start
 
 PROTOCOLS = ("from_scratch", "fine_tune")
 VARIANT_GRADIENTS = "benchmark/gradient_features.npy"
@@ -67,7 +67,8 @@ VARIANTS = ("surrogate", "surrogate:l2=0.01", "surrogate:l2=0.001", "first_order
             "lookahead:lookahead.epochs=2", "lookahead:lookahead.epochs=1",
             "lookahead:lookahead.epochs=1,lookahead.seeds=2",
             "lookahead:lookahead.epochs=1,lookahead.lr=0.002",
-            "lookahead:lookahead.epochs=1,lookahead.lr=0.003")
+            "lookahead:lookahead.epochs=1,lookahead.lr=0.003", "lookahead:lookahead.epochs=8",
+            "lookahead:lookahead.patience=1", "truncated", "truncated:truncated.epochs=8")
 """The estimator variants measured by default: ``NAME`` or ``NAME:FIELD=VALUE,...`` with
 fields of the ``affinity`` section."""
 
@@ -152,7 +153,8 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     true_seconds = true_wall_seconds(true["seconds"], len(subsets), config.ray.num_workers)
     saved = run.load_torch(run_files.BASE_MODEL)
     base = BaseModel(taskset, spec_from_dict(saved["spec"]), saved["state"],
-                     config.fine_tuning(), config.seed)
+                     config.fine_tuning(), config.seed, config,
+                     linear_start(run, config, family_of(taskset)))
     applicable = {variant: variant_options(config, variant) for variant in variants}
     applicable = {variant: options for variant, options in applicable.items()
                   if ESTIMATORS[options.estimator].applies_to(family_of(taskset))}

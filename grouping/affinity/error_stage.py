@@ -143,7 +143,8 @@ class ErrorStage:
                                                      self.rows.task[sample])) / len(sample)
                    if estimator.uses_gradient_features else 0.0)
         table = EstimatorInputs(self.rows, self.f0, self.gradients, BaseModel(
-            self.taskset, self.spec, self.state, self.config.fine_tuning(), self.config.seed))
+            self.taskset, self.spec, self.state, self.config.fine_tuning(), self.config.seed,
+            self.config, self.linear))
         prepared: list = []
         preparation = count_flops(lambda: prepared.append(estimator.prepare(subsets, table)))
         fitted = subsets[:2]

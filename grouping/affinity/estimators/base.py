@@ -20,22 +20,27 @@ import numpy as np
 import torch
 
 from grouping.affinity.rows import RowTable
-from grouping.config import AffinityConfig, TrainConfig, TruthTarget
+from grouping.config import AffinityConfig, RunConfig, TrainConfig, TruthTarget
 from grouping.families import TaskFamily
 from grouping.models import Spec
+from grouping.models.per_task_linear import PerTaskLinear
 from grouping.tasksets import TRAIN, VAL, AnyTaskSet
 
 
 @dataclass(frozen=True)
 class BaseModel:
     """The base model θ0 and what training it further needs: the task set, the model's spec
-    and state, the fine-tuning settings and the run's seed."""
+    and state, the fine-tuning settings and the run's seed; for estimators that train a
+    fresh group model as the comparison does, the run's config and the per-task regressions
+    its models start from (None without a linear start)."""
 
     taskset: AnyTaskSet
     spec: Spec
     state: dict[str, torch.Tensor]
     training: TrainConfig
     seed: int
+    run: RunConfig | None = None
+    linear: PerTaskLinear | None = None
 
 
 @dataclass(frozen=True)
