@@ -116,6 +116,21 @@ class Estimator(ABC):
         """f̂ [b, s] of a batch of subsets [b, s] (column j is task subsets[:, j])."""
 
 
+class TrainingEstimator(Estimator):
+    """An estimator that trains real models on each subset (from θ0 or from scratch) instead
+    of reading the gradient features: it needs the base model and reads no gradient row."""
+
+    reads_gradient_rows = False
+    uses_gradient_features = False
+    needs_base_model = True
+
+    @classmethod
+    def predicted_figure(cls, options: AffinityConfig) -> TruthTarget | None:
+        """The ``target`` of the estimator's own section of ``affinity`` (named as it is):
+        each task's validation loss, or 1 − its average precision."""
+        return getattr(options, cls.name).target
+
+
 def task_loss_gradients(table: EstimatorInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per task, the weighted mean loss gradient of its training rows and of its validation
     rows in the projected space, [T, d] each, and its base validation loss [T].

@@ -24,30 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from grouping.affinity.estimators.base import Estimator, EstimatorInputs
+from grouping.affinity.estimators.base import EstimatorInputs, TrainingEstimator
 from grouping.affinity.true_affinity import fine_tune_subset
-from grouping.config import AffinityConfig, TruthTarget
 from grouping.models import restore
 
 SEED_OFFSET = 3
 """Added to the run's seed: the truth trains with seed and seed + 1."""
 
 
-class LookaheadEstimator(Estimator):
+class LookaheadEstimator(TrainingEstimator):
     """Task i's validation loss after ``lookahead.epochs`` epochs of fine-tuning θ0 on S (the
     default estimator)."""
 
     name = "lookahead"
     cost = ("lookahead.epochs epochs of fine-tuning per subset: that fraction of the "
             "fine-tune truth's epochs, plus one validation pass per epoch")
-    reads_gradient_rows = False
-    uses_gradient_features = False
-    needs_base_model = True
-
-    @classmethod
-    def predicted_figure(cls, options: AffinityConfig) -> TruthTarget | None:
-        return options.lookahead.target
-
     def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,
                  device: torch.device | str = "cpu") -> np.ndarray:
         base = inputs.base

@@ -20,29 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from grouping.affinity.estimators.base import Estimator, EstimatorInputs
+from grouping.affinity.estimators.base import EstimatorInputs, TrainingEstimator
 from grouping.affinity.true_affinity import train_subset_from_scratch
-from grouping.config import AffinityConfig, RunConfig, TruthTarget
+from grouping.config import RunConfig
 
 SEED_OFFSET = 3
 """Added to the run's seed: the truth trains with seed and seed + 1."""
 
 
-class TruncatedEstimator(Estimator):
+class TruncatedEstimator(TrainingEstimator):
     """Task i's validation figure after the truth's training of a fresh model on S, stopped
     at ``truncated.epochs`` epochs."""
 
     name = "truncated"
     cost = ("at most truncated.epochs epochs of a group model's training per subset: that "
             "fraction of the from-scratch truth's epochs, plus one validation pass per epoch")
-    reads_gradient_rows = False
-    uses_gradient_features = False
-    needs_base_model = True
-
-    @classmethod
-    def predicted_figure(cls, options: AffinityConfig) -> TruthTarget | None:
-        return options.truncated.target
-
     def schedule(self, run: RunConfig) -> RunConfig:
         """``run`` with its training cut at ``truncated.epochs`` epochs and its truth's figure
         ``truncated.target``."""
