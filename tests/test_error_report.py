@@ -8,10 +8,10 @@ from scipy.stats import spearmanr
 
 from grouping.affinity.error_report import (
     error_report,
+    mean_and_se,
     room_for_grouping,
     task_spearmans,
     within_task_spearman,
-    within_task_spearman_se,
 )
 
 
@@ -44,10 +44,10 @@ def test_the_standard_error_is_the_spread_of_the_per_task_correlations():
     per_task = [spearmanr(estimate[tasks == t], truth[tasks == t]).statistic for t in range(4)]
     assert task_spearmans(estimate, truth, tasks) == pytest.approx(per_task)
     assert within_task_spearman(estimate, truth, tasks) == pytest.approx(np.mean(per_task))
-    assert within_task_spearman_se(estimate, truth, tasks) == pytest.approx(
+    assert mean_and_se(task_spearmans(estimate, truth, tasks))[1] == pytest.approx(
         np.std(per_task, ddof=1) / 2)
     one = tasks == 0
-    assert np.isnan(within_task_spearman_se(estimate[one], truth[one], tasks[one]))
+    assert np.isnan(mean_and_se(task_spearmans(estimate[one], truth[one], tasks[one]))[1])
     report = error_report(estimate, truth, truth + 1, tasks, truth_repeat=truth)
     assert report["within_task_spearman_se"] == pytest.approx(np.std(per_task, ddof=1) / 2)
     assert report["true_noise_floor_se"] == 0

@@ -24,9 +24,8 @@ from grouping.affinity.estimators import (
     make_estimator,
     task_loss_gradients,
 )
+from grouping.affinity.estimators.base import SEED_OFFSET
 from grouping.affinity.estimators.label_overlap import training_jaccard
-from grouping.affinity.estimators.lookahead import SEED_OFFSET
-from grouping.affinity.estimators.truncated import SEED_OFFSET as TRUNCATED_SEED_OFFSET
 from grouping.affinity.rows import RowTable
 from grouping.affinity.surrogate import subset_losses
 from grouping.affinity.true_affinity import (
@@ -276,7 +275,7 @@ def test_truncated_is_the_from_scratch_truth_cut_short(ray_session, planted_base
 
     run = planted_base.run
     subsets = np.array([[0, 1, 5], [2, 7, 9]])
-    seed = planted_base.seed + TRUNCATED_SEED_OFFSET
+    seed = planted_base.seed + SEED_OFFSET
     cut = run.model_copy(update={"train": run.train.model_copy(update={"max_epochs": 4})})
     expected = np.stack([train_subset_from_scratch(planted_base.taskset, subset, cut, seed,
                                                    torch.device("cpu"))["losses"]

@@ -50,18 +50,18 @@ def task_spearmans(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> 
     return np.asarray(values, dtype=float)
 
 
+def mean_and_se(values: np.ndarray) -> tuple[float, float]:
+    """The mean of per-task figures and its standard error over tasks (NaN where there are
+    too few tasks): how far the figure moves with the task set's draw of tasks and subsets."""
+    mean = float(values.mean()) if len(values) else float("nan")
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return mean, se
+
+
 def within_task_spearman(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> float:
     """The mean of :func:`task_spearmans` over tasks. NaN when no task's values vary: a truth
     whose every subset model kept the same state ranks nothing."""
-    values = task_spearmans(first, second, tasks)
-    return float(values.mean()) if len(values) else float("nan")
-
-
-def within_task_spearman_se(first: np.ndarray, second: np.ndarray, tasks: np.ndarray) -> float:
-    """The standard error of :func:`within_task_spearman` over tasks (NaN below two tasks):
-    how far the figure moves with the task set's draw of tasks and subsets."""
-    values = task_spearmans(first, second, tasks)
-    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return mean_and_se(task_spearmans(first, second, tasks))[0]
 
 
 ROOM_FIGURES = ("composition_effect", "seed_effect", "selection_gain")
@@ -120,20 +120,20 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "mean_relative_error": float(relative.mean()),
         "median_relative_error": float(np.median(relative)),
         "spearman": float(spearmanr(estimate, truth).statistic),
-        "within_task_spearman": within_task_spearman(estimate, truth, tasks),
-        "within_task_spearman_se": within_task_spearman_se(estimate, truth, tasks),
         "base_relative_distance": relative_distance(base, truth),
         "task_mean_relative_distance": relative_distance(task_mean, truth),
         "mean_change": float(np.mean(np.abs(estimate - base)[based] / base[based])),
         "mean_true_change": float(np.mean(np.abs(truth - base)[based] / base[based])),
     }
+    report["within_task_spearman"], report["within_task_spearman_se"] = mean_and_se(
+        task_spearmans(estimate, truth, tasks))
     report["true_noise_floor"] = report["true_noise_floor_se"] = float("nan")
     room = dict.fromkeys(ROOM_FIGURES, float("nan"))
     if truth_repeat is not None:
         repeated = np.isfinite(truth_repeat)
         pairs = truth[repeated], truth_repeat[repeated], tasks[repeated]
-        report["true_noise_floor"] = within_task_spearman(*pairs)
-        report["true_noise_floor_se"] = within_task_spearman_se(*pairs)
-        room = room_for_grouping(truth[repeated], truth_repeat[repeated], tasks[repeated])
+        report["true_noise_floor"], report["true_noise_floor_se"] = mean_and_se(
+            task_spearmans(*pairs))
+        room = room_for_grouping(*pairs)
     report.update((f"true_{key}", value) for key, value in room.items())
     return report

@@ -116,9 +116,15 @@ class Estimator(ABC):
         """f̂ [b, s] of a batch of subsets [b, s] (column j is task subsets[:, j])."""
 
 
+SEED_OFFSET = 3
+"""Added to the run's seed for the models a training estimator trains: the truth trains with
+seed and seed + 1, so an estimate never shares its batch order or initialisation."""
+
+
 class TrainingEstimator(Estimator):
     """An estimator that trains real models on each subset (from θ0 or from scratch) instead
-    of reading the gradient features: it needs the base model and reads no gradient row."""
+    of reading the gradient features: it needs the base model and reads no gradient row; its
+    models draw their seeds from the run's seed + :data:`SEED_OFFSET`."""
 
     reads_gradient_rows = False
     uses_gradient_features = False

@@ -24,12 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from grouping.affinity.estimators.base import EstimatorInputs, TrainingEstimator
+from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, TrainingEstimator
 from grouping.affinity.true_affinity import fine_tune_subset
 from grouping.models import restore
-
-SEED_OFFSET = 3
-"""Added to the run's seed: the truth trains with seed and seed + 1."""
 
 
 class LookaheadEstimator(TrainingEstimator):
@@ -39,6 +36,7 @@ class LookaheadEstimator(TrainingEstimator):
     name = "lookahead"
     cost = ("lookahead.epochs epochs of fine-tuning per subset: that fraction of the "
             "fine-tune truth's epochs, plus one validation pass per epoch")
+
     def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,
                  device: torch.device | str = "cpu") -> np.ndarray:
         base = inputs.base

@@ -20,12 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from grouping.affinity.estimators.base import EstimatorInputs, TrainingEstimator
+from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, TrainingEstimator
 from grouping.affinity.true_affinity import train_subset_from_scratch
 from grouping.config import RunConfig
-
-SEED_OFFSET = 3
-"""Added to the run's seed: the truth trains with seed and seed + 1."""
 
 
 class TruncatedEstimator(TrainingEstimator):
@@ -35,6 +32,7 @@ class TruncatedEstimator(TrainingEstimator):
     name = "truncated"
     cost = ("at most truncated.epochs epochs of a group model's training per subset: that "
             "fraction of the from-scratch truth's epochs, plus one validation pass per epoch")
+
     def schedule(self, run: RunConfig) -> RunConfig:
         """``run`` with its training cut at ``truncated.epochs`` epochs and its truth's figure
         ``truncated.target``."""
