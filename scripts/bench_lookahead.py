@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from grouping.artifacts import RunDirectory
     from grouping.config import ConfigError, load_config
     from grouping.models import restore, spec_from_dict
-    from grouping.models.per_task_linear import PerTaskLinear
     from workers.console import quiet, say
-    from workers.pipeline import Pipeline
+    from workers.pipeline import Pipeline, linear_start
     from workers.quality import variant_options
     from workers.runtime import init_ray
 
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     taskset = pipeline.taskset
     saved = run.load_torch(run_files.BASE_MODEL)
     spec, state = spec_from_dict(saved["spec"]), saved["state"]
-    linear = (PerTaskLinear(**run.load_arrays(run_files.LINEAR_MODEL))
-              if run.file(run_files.LINEAR_MODEL).is_file() else None)
+    linear = linear_start(run, config, pipeline.family)
     base = BaseModel(taskset, spec, state, config.fine_tuning(), config.seed)
     inputs = EstimatorInputs(None, None, None, base)
     torch.set_num_threads(1)

@@ -105,9 +105,10 @@ def write_heads(model: SignMLP, heads: np.ndarray, source: SignMLP) -> None:
     """Copy ``source`` (a :func:`select_heads` copy of ``model`` for ``heads``) back into
     ``model``: its trunk, and its head k into head ``heads[k]``; other heads stay."""
     targets = model.state_dict()
+    index = torch.as_tensor(np.asarray(heads), dtype=torch.long,
+                            device=next(model.parameters()).device)
     for name, value in source.state_dict().items():
         if name.startswith(HEAD_PARAMETERS):
-            index = torch.as_tensor(np.asarray(heads), dtype=torch.long, device=value.device)
             targets[name][index] = value
         else:
             targets[name].copy_(value)
