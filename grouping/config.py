@@ -354,10 +354,14 @@ class TruncatedConfig(_Strict):
     """The truncated estimator (grouping.affinity.estimators.truncated): a fresh group model
     on each subset trained exactly as the from-scratch truth trains it (the comparison's
     first optimizer and learning rate, the linear start, early stopping), cut at ``epochs``
-    epochs; f̂ each task's validation ``target`` at its kept checkpoint."""
+    epochs; f̂ each task's validation ``target`` at its kept checkpoint. ``patience``: its
+    early stopping ends after that many epochs in a row without improvement instead of
+    ``train.patience`` (null: ``train.patience``), so that the budget follows each subset's
+    own training curve rather than a fixed count of epochs."""
 
     epochs: int = Field(15, ge=1)
     target: TruthTarget = "loss"
+    patience: int | None = Field(None, ge=1)
 
 
 class AffinityConfig(_Strict):

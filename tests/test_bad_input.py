@@ -200,3 +200,16 @@ def test_the_true_method_can_be_written_unquoted(tmp_path, spelling):
     assert parse_config(data, [f"affinity.method={spelling}"]).affinity.method == "true"
     with pytest.raises(ConfigError, match=r"affinity\.method: .*boolean false"):
         parse_config(data, ["affinity.method=false"])
+
+
+def test_the_cost_benchmark_refuses_an_estimator_it_cannot_time(tmp_path):
+    """bench_estimator_cost times the training estimators only: a variant of another one is
+    refused in one line naming it, before any run directory is made."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(small_sbm_config()))
+    output = tmp_path / "cost"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_estimator_cost.py"), "--config",
+         str(config), "--output", str(output), "--variant", "truncated:truncated.patience=2",
+         "--variant", "surrogate"], capture_output=True, text=True, timeout=300)
+    assert "'surrogate'" in _refused(result) and not output.exists()

@@ -297,6 +297,26 @@ def test_truncated_is_the_from_scratch_truth_cut_short(ray_session, planted_base
             None, None, None, dataclasses.replace(planted_base, run=None)))
 
 
+def test_truncated_patience_is_the_truths_early_stopping_with_that_patience(planted_base):
+    """With truncated.patience p, f̂ is the from-scratch truth trained with train.patience p
+    (at the estimator's seed): the budget follows the subset's own validation curve."""
+    run = planted_base.run
+    subset = np.array([0, 1, 5])
+    seed = planted_base.seed + SEED_OFFSET
+    inputs = EstimatorInputs(None, None, None, planted_base)
+    estimates = {}
+    for patience in (2, run.train.patience):
+        options = AffinityConfig(estimator="truncated", truncated={
+            "epochs": run.train.max_epochs, "patience": patience})
+        estimates[patience] = _estimate(options, subset[None], inputs)[0]
+        short = run.model_copy(update={"train": run.train.model_copy(update={
+            "patience": patience})})
+        truth = train_subset_from_scratch(planted_base.taskset, subset, short, seed,
+                                          torch.device("cpu"))["losses"]
+        assert np.allclose(estimates[patience], truth, rtol=1e-6)
+    assert not np.allclose(estimates[2], estimates[run.train.patience])
+
+
 def test_truncated_ranks_family_mates_above_strangers_on_a_planted_sbm(planted_base):
     """At 60 of the truth's 200 epochs (the quickstart's narrow trunk at 1e-3 learns slowly
     from scratch: at 15 epochs it ranks four of the six families right, at 5 three)."""

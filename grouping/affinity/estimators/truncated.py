@@ -7,7 +7,8 @@ fÌ‚(S, i) is task i's validation figure (``truncated.target``: its loss, or 1 âˆ
 precision) after a fresh model of S's tasks is trained exactly as a group model is (the
 family's ``train_group``: the first of ``group_training.optimizers`` at its first learning
 rate, the linear start, early stopping on ``train.early_stopping`` with ``train.patience``)
-for at most ``truncated.epochs`` epochs, at its kept checkpoint. The truth trains the same
+for at most ``truncated.epochs`` epochs, at its kept checkpoint; with ``truncated.patience``
+its early stopping waits that many epochs instead of ``train.patience``. The truth trains the same
 model until its early stopping ends; the estimate converges to it as ``truncated.epochs``
 reaches the truth's stopping epoch, at that fraction of its cost. Initialisation seeds of
 its own (:data:`SEED_OFFSET`): the truth's two seeds never share its initialisation.
@@ -34,12 +35,13 @@ class TruncatedEstimator(TrainingEstimator):
             "fraction of the from-scratch truth's epochs, plus one validation pass per epoch")
 
     def schedule(self, run: RunConfig) -> RunConfig:
-        """``run`` with its training cut at ``truncated.epochs`` epochs and its truth's figure
-        ``truncated.target``."""
+        """``run`` with its training cut at ``truncated.epochs`` epochs, its early stopping's
+        patience ``truncated.patience`` and its truth's figure ``truncated.target``."""
         options = self.options.truncated
         return run.model_copy(update={
             "train": run.train.model_copy(update={
-                "max_epochs": min(options.epochs, run.train.max_epochs)}),
+                "max_epochs": min(options.epochs, run.train.max_epochs),
+                "patience": min(options.patience or run.train.patience, run.train.patience)}),
             "true_affinity": run.true_affinity.model_copy(update={"target": options.target})})
 
     def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,

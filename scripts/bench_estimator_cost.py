@@ -1,16 +1,16 @@
-"""Cost of lookahead estimator variants against the truth they rank, per subset, paired in one
-process on one thread: each sampled subset is truly trained (``true_affinity.protocol`` of
-the config: a group model from scratch, or θ0 fine-tuned) and estimated by every variant, in
-turn, so that every ratio is measured against a reference of the same run.
+"""Cost of the training estimators' variants (lookahead, truncated) against the truth they
+rank, per subset, paired in one process on one thread: each sampled subset is truly trained
+(``true_affinity.protocol`` of the config: a group model from scratch, or θ0 fine-tuned) and
+estimated by every variant, in turn, so that every ratio is measured against a reference of
+the same run.
 
 The run directory is completed up to its base stage first (reused where current). Prints the
 median seconds per subset of the truth and of each variant, and each variant's ratio to the
 truth (median over subsets of the paired ratios).
 
-    python scripts/bench_lookahead.py --config configs/snap_amazon_sub.yaml \
-        --output results/bench_lookahead/snap_amazon_sub --subsets 8 \
-        --variant 'lookahead.keep_best=true' \
-        --variant 'lookahead.keep_best=true,lookahead.epochs=1'
+    python scripts/bench_estimator_cost.py --config configs/snap_amazon_sub.yaml \
+        --output results/bench_cost/snap_amazon_sub --subsets 8 \
+        --variant 'lookahead:lookahead.epochs=3' --variant truncated
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="run directory (its linear and base stages are reused)")
     parser.add_argument("--subsets", type=int, default=8, help="sampled subsets timed")
     parser.add_argument("--variant", action="append", default=[],
-                        metavar="FIELD=VALUE,...",
-                        help="lookahead variant: fields of the affinity section")
+                        metavar="ESTIMATOR[:FIELD=VALUE,...]",
+                        help="a training estimator (lookahead, truncated) and fields of the "
+                             "affinity section (default: the config's estimator)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     add_common_arguments(parser, device=None, threads=False)
     return parser.parse_args(argv)
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     from grouping import run_files
     from grouping.affinity.estimators import BaseModel, EstimatorInputs, make_estimator
+    from grouping.affinity.estimators.base import TrainingEstimator
     from grouping.affinity.subsets import sample_subsets
     from grouping.affinity.true_affinity import fine_tune_subset, train_subset_from_scratch
     from grouping.artifacts import RunDirectory
@@ -61,13 +63,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(arguments.config, arguments.set)
-        variants = {text: variant_options(config, f"lookahead:{text}")
-                    for text in arguments.variant or [""]}
+        variants = {text: make_estimator(variant_options(config, text))
+                    for text in arguments.variant or [config.affinity.estimator]}
+        for text, estimator in variants.items():
+            if not isinstance(estimator, TrainingEstimator):
+                raise ConfigError(f"estimator variant {text!r}: only the training estimators "
+                                  "(lookahead, truncated) are timed here")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     run = RunDirectory(arguments.output, arguments.output.is_dir())
-    quiet(run.file(f"logs/bench-lookahead-{time.strftime('%Y%m%d-%H%M%S')}.log"))
+    quiet(run.file(f"logs/bench-estimator-cost-{time.strftime('%Y%m%d-%H%M%S')}.log"))
     init_ray(None)
     pipeline = Pipeline(config, run, arguments.output.is_dir())
     pipeline.execute("base")
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = run.load_torch(run_files.BASE_MODEL)
     spec, state = spec_from_dict(saved["spec"]), saved["state"]
     linear = linear_start(run, config, pipeline.family)
-    base = BaseModel(taskset, spec, state, config.fine_tuning(), config.seed)
+    base = BaseModel(taskset, spec, state, config.fine_tuning(), config.seed, config, linear)
     inputs = EstimatorInputs(None, None, None, base)
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -95,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         truly_train(subset)
         seconds["truth"].append(time.perf_counter() - start)
-        for text, options in variants.items():
-            estimator = make_estimator(options)
+        for text, estimator in variants.items():
             start = time.perf_counter()
             estimator.estimate(subset[None], inputs, None, cpu)
             seconds[text].append(time.perf_counter() - start)
@@ -108,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     for text in variants:
         values = np.array(seconds[text])
         ratio = float(np.median(values / truth_seconds))
-        figures["variants"][text or "lookahead"] = {
+        figures["variants"][text] = {
             "median_seconds": float(np.median(values)), "ratio_to_truth": ratio}
-        say(f"  lookahead {text or '(config)'}: {np.median(values):.2f} s, "
+        say(f"  {text}: {np.median(values):.2f} s, "
             f"{ratio:.3f} of the truth")
     write_figures(arguments.json, figures)
     return 0
