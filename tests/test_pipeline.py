@@ -59,6 +59,9 @@ def test_run_directory_holds_every_artifact(finished):
         assert set(row) >= {"grouping", "optimizer", "num_groups", "mean_test_f1",
                             "worst_test_f1", "mean_test_ap", "seconds"}
         assert 0 <= row["worst_test_f1"] <= row["mean_test_f1"] <= 1
+        # DMTG's models start from its search, not from a fresh start: not counted
+        fresh = row["grouping"] not in ("per_task_linear", "dmtg")
+        assert (row["kept_start_fraction"] is not None) == fresh
     manifest = json.loads(finished.file("manifest.json").read_text())
     assert set(manifest["stages"]) == {"linear", "base", "gradients", "estimates", "affinity",
                                        "true_affinity", "error_report", "groups", "dmtg",
@@ -73,6 +76,7 @@ def test_run_directory_holds_every_artifact(finished):
     assert finished.file("dominance.png").is_file()
     report = finished.file("report.md").read_text()
     assert "| estimated groups | Adam |" in report
+    assert "| models at their start | seconds (search + training) |" in report
     assert report.index("## Verdict") < report.index("## Groups") < report.index("## Evidence")
 
 

@@ -48,6 +48,28 @@ def test_summary_gives_the_standard_error_over_seeds():
     assert lines["once"]["mean_test_f1_se"] is None  # one seeded run: spread unknown
 
 
+def test_the_share_of_models_that_kept_their_start_is_counted_per_row():
+    """A model whose early stopping kept epoch 0 never left its start: the row records the
+    share of such models, averaged over seeds; a baseline without epochs records none."""
+    from grouping.evaluation.comparison import Plan, comparison_row
+
+    def trained(best_epochs: list[int], seed: int) -> dict:
+        results = [{"tasks": [{"test_f1": 0.5, "test_ap": 0.5}], "seconds": 1.0,
+                    "best_epoch": epoch} for epoch in best_epochs]
+        return comparison_row(Plan("groups", [[0]] * len(best_epochs)), results, "adam", seed,
+                              ("test_f1", "test_ap"))
+
+    rows = [trained([0, 0, 3, 0], 0), trained([0, 5, 3, 2], 1)]
+    assert [row["kept_start_fraction"] for row in rows] == [0.75, 0.25]
+    linear = comparison_row(Plan("per_task_linear", [[0]]), [
+        {"tasks": [{"test_f1": 0.4, "test_ap": 0.4}], "seconds": 1.0}], "lbfgs", None,
+        ("test_f1", "test_ap"))
+    assert linear["kept_start_fraction"] is None
+    lines = _lines([*rows, linear])
+    assert lines["groups"]["kept_start_fraction"] == pytest.approx(0.5)
+    assert lines["per_task_linear"]["kept_start_fraction"] is None
+
+
 def test_verdict_refuses_beats_within_two_standard_errors():
     rows = [_row("a", value, seed) for seed, value in enumerate([0.50, 0.60, 0.70])]
     rows += [_row("b", value, seed) for seed, value in enumerate([0.45, 0.55, 0.65])]
@@ -197,7 +219,11 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
             "noise_floor"]
         assert room["composition_effect"] >= 0 and room["seed_effect"] > 0
         assert np.isfinite(room["selection_gain"])
+    at_start = rows["estimated groups"]["kept_start_fraction"]
+    assert 0 <= at_start <= 1 and rows["per-task logistic"]["kept_start_fraction"] is None
+    assert figures["verdicts"]["estimated_models_at_start"].startswith(f"{100 * at_start:.0f}%")
     lines = markdown("planted", figures)
     assert lines[0] == "### planted"
+    assert any(line.endswith("| models at their start |") for line in lines)
     assert any(line.startswith("| truth protocol | noise floor | composition effect")
                for line in lines)

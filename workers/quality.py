@@ -43,7 +43,7 @@ from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import subsets_for_coverage
 from grouping.artifacts import RunDirectory
 from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config, parse_config
-from grouping.evaluation.comparison import format_value, gap, summarize_rows
+from grouping.evaluation.comparison import format_fraction, format_value, gap, summarize_rows
 from grouping.families import family_of
 from grouping.models import spec_from_dict
 from grouping.tasksets import AnyTaskSet
@@ -241,7 +241,8 @@ def _estimator_figures(report: dict) -> dict:
 def _row(line: dict, name: str) -> dict:
     metric, secondary = line["metric"], line["secondary_metric"]
     row = {"grouping": name, "optimizer": line["optimizer"], "n_seeds": line["runs"],
-           "num_groups": line["num_groups"], "deterministic": line["deterministic"]}
+           "num_groups": line["num_groups"], "deterministic": line["deterministic"],
+           "kept_start_fraction": line.get("kept_start_fraction")}
     for key in (metric, secondary):
         row[f"mean_{key}"] = line[f"mean_{key}"]
         row[f"se_{key}"] = line[f"mean_{key}_se"]
@@ -287,7 +288,7 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
     loss or 1 − AP:
     :func:`grouping.affinity.error_report.room_for_grouping`); ``rows``
     [{grouping, optimizer, n_seeds, num_groups, deterministic, mean_/se_ of the primary and
-    secondary test metrics, worst_/se_worst_ of the primary}] (empty with
+    secondary test metrics, worst_/se_worst_ of the primary, kept_start_fraction}] (empty with
     ``estimate_only``); ``oracle_beats_random`` {protocol: bool}; ``verdicts`` {question:
     sentence} and ``verdict`` (the estimated groups against random groups); ARIs against
     planted families and between estimated and oracle groups; wall ``seconds``."""
@@ -364,7 +365,8 @@ def _pair_coverage(config: RunConfig) -> float:
 
 def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[str, str]:
     """One sentence per question: does a grouping beat random groups, all-in-one, and the
-    per-task linear baseline, beyond two standard errors."""
+    per-task linear baseline, beyond two standard errors; and how many of the estimated
+    groups' models never left their start."""
     metric = key.removeprefix("mean_").replace("_", " ")
     out = {}
     pairs = [("estimated_vs_random", "gradtag", "random"), ("estimated_vs_all", "gradtag", "all")]
@@ -380,6 +382,11 @@ def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[
         subject = names.get(first, first)
         out[label] = (f"{subject} {difference.verb} {names.get(second, second)}: "
                       f"{difference.describe()} in mean {metric}")
+    at_start = summary.get("gradtag", {}).get("kept_start_fraction")
+    if at_start is not None:
+        out["estimated_models_at_start"] = (
+            f"{format_fraction(at_start)} of the estimated groups' models kept their starting "
+            "state (early stopping at epoch 0): a partition of those changes nothing")
     return out
 
 
@@ -424,12 +431,14 @@ def markdown(name: str, figures: dict) -> list[str]:
         label = metric.removeprefix("test_").replace("_", " ")
         other = secondary.removeprefix("test_").replace("_", " ")
         lines += [f"| grouping | seeds | groups | mean test {label} | worst-task test {label} "
-                  f"| mean test {other} |", "|---|---|---|---|---|---|"]
+                  f"| mean test {other} | models at their start |",
+                  "|---|---|---|---|---|---|---|"]
         for row in figures["rows"]:
             lines.append(f"| {row['grouping']} | {row['n_seeds']} | {row['num_groups']} | "
                          f"{format_value(row[f'mean_{metric}'], row[f'se_{metric}'])} | "
                          f"{format_value(row[f'worst_{metric}'], row[f'se_worst_{metric}'])} | "
-                         f"{format_value(row[f'mean_{secondary}'], row[f'se_{secondary}'])} |")
+                         f"{format_value(row[f'mean_{secondary}'], row[f'se_{secondary}'])} | "
+                         f"{format_fraction(row.get('kept_start_fraction'))} |")
         lines.append("")
     lines += estimator_table(figures)
     lines += ["", "| truth protocol | noise floor | composition effect | seed effect | "

@@ -44,12 +44,23 @@ def summary_keys(line: dict) -> tuple[str, str, str]:
             f"mean_{line['secondary_metric']}")
 
 
+def kept_start_fraction(results: list[dict]) -> float | None:
+    """The fraction of a grouping's models whose early stopping kept their starting state
+    (best epoch 0: the per-task regressions under the linear start): such a model is the
+    same whatever tasks share it, so a partition of them cannot change the outcome. None
+    where no model records a best epoch (a deterministic baseline; DMTG, whose models start
+    from its search)."""
+    epochs = [result["best_epoch"] for result in results if "best_epoch" in result]
+    return float(np.mean([epoch == 0 for epoch in epochs])) if epochs else None
+
+
 def comparison_row(plan: Plan, results: list[dict], optimizer: str, init_seed: int | None,
                    metric_names: tuple[str, str]) -> dict:
     """Mean and worst per-task primary test metric (F1, or exact match for instruction
     tasks), mean secondary metric (AP over tasks with a positive test example, or token
-    accuracy), cost (the grouping search plus the summed wall time of its models' training)
-    and, when tracked, the dominance fraction per shared layer. ``init_seed``: the seed its
+    accuracy), cost (the grouping search plus the summed wall time of its models' training),
+    the fraction of its models that kept their start (:func:`kept_start_fraction`) and,
+    when tracked, the dominance fraction per shared layer. ``init_seed``: the seed its
     models were initialised with (None for a deterministic baseline); ``metric_names``: the
     task family's (primary, secondary) metrics."""
     tasks = [task for result in results for task in result["tasks"]]
@@ -66,6 +77,7 @@ def comparison_row(plan: Plan, results: list[dict], optimizer: str, init_seed: i
             "search_seconds": float(plan.search_seconds), "train_seconds": train_seconds,
             "seconds": float(plan.search_seconds) + train_seconds,
             "lrs": sorted({result["lr"] for result in results if "lr" in result}),
+            "kept_start_fraction": kept_start_fraction(results),
             "dominance": mean_dominance(results)}
 
 
@@ -77,6 +89,11 @@ def format_value(value: float | None, se: float | None = None) -> str:
     return f"{value:.3f}" + (f" ± {se:.3f}" if se else "")
 
 
+def format_fraction(value: float | None) -> str:
+    """``83%`` of a fraction, or "–" where it is not recorded."""
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
 def format_mean(line: dict, key: str) -> str:
     """:func:`format_value` of a summary line's ``key`` with its standard error ``key_se``."""
     return format_value(line[key], line.get(f"{key}_se"))
@@ -86,7 +103,8 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
     """One line per grouping and optimizer: the mean over its runs (seeds) and, with two
     runs or more, their standard deviation (``_std``, ddof 1) and the standard error of the
     mean (``_se``). A row whose ``init_seed`` is null is deterministic (its ``_se`` is 0);
-    a single seeded run, or seeded runs that agree exactly, have no standard error (None)."""
+    a single seeded run, or seeded runs that agree exactly, have no standard error (None).
+    ``kept_start_fraction``: the mean over its runs (None where none records it)."""
     summary = []
     for grouping, optimizer in dict.fromkeys((row["grouping"], row["optimizer"])
                                              for row in rows):
@@ -98,6 +116,8 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
                 "num_groups": mine[0]["num_groups"], "runs": len(mine),
                 "deterministic": deterministic,
                 "dominance": mine[0].get("dominance"), "metric": mine[0]["metric"],
+                "kept_start_fraction": _mean_of_known(
+                    [row.get("kept_start_fraction") for row in mine]),
                 "secondary_metric": mine[0]["secondary_metric"]}
         for key in (*summary_keys(mine[0]), "seconds"):
             values = np.array([row[key] for row in mine], dtype=float)
@@ -110,6 +130,11 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
                                  else std / float(np.sqrt(len(mine))))
         summary.append(line)
     return summary
+
+
+def _mean_of_known(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return float(np.mean(known)) if known else None
 
 
 @dataclass(frozen=True)

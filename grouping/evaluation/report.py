@@ -18,6 +18,7 @@ from grouping import run_files
 from grouping.artifacts import atomic_write_bytes
 from grouping.evaluation.comparison import (
     METRIC_LABELS,
+    format_fraction,
     format_mean,
     format_value,
     summarize_rows,
@@ -36,14 +37,18 @@ def _comparison_table(summary: list[dict]) -> list[str]:
     primary, secondary = (METRIC_LABELS[summary[0][key]]
                           for key in ("metric", "secondary_metric"))
     lines = [f"| grouping | optimizer | groups | runs | mean {primary} | worst-task {primary} | "
-             f"mean {secondary} | seconds (search + training) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"mean {secondary} | models at their start | seconds (search + training) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for line in summary:
         cells = " | ".join(format_mean(line, key) for key in summary_keys(line))
         lines.append(f"| {grouping_label(line['grouping'])} "
                      f"| {optimizer_label(line['optimizer'])} "
                      f"| {line['num_groups']} | {line['runs']} | {cells} "
+                     f"| {format_fraction(line.get('kept_start_fraction'))} "
                      f"| {line['seconds']:.1f} |")
+    lines += ["", "Models at their start: the share of a row's models whose early stopping "
+              "kept their starting state (epoch 0); a partition of such models changes "
+              "nothing."]
     return lines
 
 
