@@ -54,7 +54,7 @@ def test_run_directory_holds_every_artifact(finished):
     assert {(row["grouping"], row["optimizer"]) for row in rows} == {
         ("all", "adam"), ("gradtag", "adam"), ("random", "adam"), ("true", "adam"),
         ("all", "adatask_adam_mean"), ("gradtag", "adatask_adam_mean"), ("dmtg", "adam"),
-        ("per_task_linear", "lbfgs")}
+        ("dmtg_groups", "adam"), ("per_task_linear", "lbfgs")}
     for row in rows:
         assert set(row) >= {"grouping", "optimizer", "num_groups", "mean_test_f1",
                             "worst_test_f1", "mean_test_ap", "seconds"}
@@ -73,6 +73,12 @@ def test_run_directory_holds_every_artifact(finished):
     dmtg = finished.read_json("dmtg.json")
     (dmtg_run,) = dmtg["runs"]
     assert sorted(t for group in dmtg_run["groups"] for t in group) == list(range(24))
+    # DMTG's groups are also trained as every grouping is, with DMTG's own seed
+    (trained,) = [row for row in rows if row["grouping"] == "dmtg_groups"]
+    assert trained["init_seed"] == dmtg_run["seed"]
+    assert trained["num_groups"] == sum(1 for group in dmtg_run["groups"] if group)
+    keyed = finished.read_json("task_metrics.json")[f"dmtg_groups-seed0-init{dmtg_run['seed']}"]
+    assert sorted(task["task"] for task in keyed) == list(range(24))
     assert finished.file("dominance.png").is_file()
     report = finished.file("report.md").read_text()
     assert "| estimated groups | Adam |" in report

@@ -378,7 +378,8 @@ class Pipeline:
         return [self.config.seed + number for number in range(self.config.group_training.seeds)]
 
     def _plans(self, record: dict) -> list[Plan]:
-        """Every grouping to train: all-in-one, the leading grouping, then the baselines."""
+        """Every grouping to train: all-in-one, the leading grouping, then the baselines, and
+        DMTG's groups (one grouping per DMTG seed, trained with that seed)."""
         taskset, options = self.taskset, self.config.groups
         seconds = self.run.stage_seconds()
         search = sum(seconds.get(stage, 0.0) for stage in (
@@ -396,6 +397,12 @@ class Pipeline:
                        seed=seed) for seed in range(options.random_seeds)]
         if options.single_task:
             plans.append(Plan("single", [[task] for task in range(taskset.num_tasks)]))
+        if self.config.dmtg.enabled:
+            # DMTG's groups of its number-th seed, trained as every other grouping is (fresh
+            # group models, the same start, loop and seed), beside DMTG's own fine-tuning.
+            plans += [Plan("dmtg_groups", [group for group in run["groups"] if group],
+                           run["search_seconds"], seed=number)
+                      for number, run in enumerate(self.run.read_json(run_files.DMTG)["runs"])]
         return plans
 
     def _tracks_dominance(self, group: list[int]) -> bool:

@@ -61,7 +61,8 @@ TRUTH_FIGURES = ("noise_floor", *ROOM_FIGURES)
 seeds and the room it leaves for grouping (:func:`grouping.affinity.error_report.
 room_for_grouping`)."""
 ROW_NAMES = {"all": "all-in-one", "gradtag": "estimated groups", "random": "random groups",
-             "single": "single-task", "dmtg": "DMTG", "per_task_linear": "per-task logistic"}
+             "single": "single-task", "dmtg": "DMTG", "dmtg_groups": "DMTG's groups",
+             "per_task_linear": "per-task logistic"}
 VARIANTS = ("surrogate", "surrogate:l2=0.01", "surrogate:l2=0.001", "first_order",
             "first_order:first_order.normalize=true", "label_overlap", "lookahead",
             "lookahead:lookahead.epochs=2", "lookahead:lookahead.epochs=1",
@@ -373,7 +374,9 @@ def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[
     for protocol in PROTOCOLS:
         pairs += [(f"oracle_{protocol}_vs_random", f"oracle_{protocol}", "random"),
                   (f"oracle_{protocol}_vs_all", f"oracle_{protocol}", "all")]
-    pairs += [("estimated_vs_per_task_linear", "gradtag", "per_task_linear"),
+    pairs += [("estimated_vs_dmtg_groups", "gradtag", "dmtg_groups"),
+              ("dmtg_groups_vs_random", "dmtg_groups", "random"),
+              ("estimated_vs_per_task_linear", "gradtag", "per_task_linear"),
               ("all_vs_per_task_linear", "all", "per_task_linear")]
     for label, first, second in pairs:
         if first not in summary or second not in summary:

@@ -12,8 +12,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Plan:
-    """A grouping to train: its name, groups, the seconds its search took, and the seed of
-    random groups."""
+    """A grouping to train: its name, groups, the seconds its search took, and, for a
+    grouping drawn once per initialisation seed (random groups, DMTG's groups), the number of
+    that draw: its models are trained with the run's seed plus that number."""
 
     name: str
     groups: list[list[int]]

@@ -19,6 +19,7 @@ from grouping.evaluation.comparison import METRIC_LABELS, Gap, format_mean, gap
 ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
               "spectral": "spectral groups of the estimate", "true": "true-affinity groups",
               "random": "random groups", "single": "one model per task", "dmtg": "DMTG",
+              "dmtg_groups": "DMTG's groups, trained as the others",
               "per_task_linear": "one logistic regression per task"}
 OPTIMIZER_LABELS = {"adam": "Adam", "adatask_adam": "AdaTask-Adam",
                     "adatask_adam_mean": "AdaTask-Adam (mean of task steps)",
