@@ -276,7 +276,9 @@ def write_report(run_path: str | Path) -> dict:
               "deterministic logistic regression). Every group model is trained from scratch "
               "with the same loop, budget and early stopping, as a Ray Tune trial per learning "
               "rate (the best validation criterion is kept); DMTG is its own fine-tuned model of "
-              "its groups (search and fine-tuning within the same budget). The baselines to "
+              "its groups (search and fine-tuning within the same budget), and DMTG's groups "
+              "are also trained as every other grouping is (the j-th DMTG run's groups with "
+              "the j-th seed). The baselines to "
               "read every row against: all tasks in one model, random groups of the same sizes, "
               "one model per task and one logistic regression per task.", ""]
     lines += _comparison_table(summary_rows)
