@@ -42,6 +42,18 @@ def test_the_best_row_is_among_the_primary_optimizers_rows_and_the_baselines():
     assert headline.count("vs all tasks in one model") == 1  # the primary optimizer's only
 
 
+def test_the_verdict_says_how_many_of_the_groups_models_kept_their_start():
+    """Under the primary optimizer only, and only where any model kept its start."""
+    rows = [_line("all", "adam", 0.40, 0.01), _line("gradtag", "adam", 0.41, 0.01),
+            _line("gradtag", "adatask_adam", 0.41, 0.01), _line("all", "adatask_adam", 0.4, 0.01)]
+    rows[1]["kept_start_fraction"], rows[2]["kept_start_fraction"] = 0.75, 0.0
+    lines = verdict(rows).lines()
+    (line,) = [line for line in lines if "starting state" in line]
+    assert line.startswith("- 75% of the estimated groups' models kept their starting state")
+    rows[1]["kept_start_fraction"], rows[2]["kept_start_fraction"] = 0.0, 0.75
+    assert not any("starting state" in line for line in verdict(rows).lines())
+
+
 def test_a_margin_without_spread_is_never_called_a_win():
     result = verdict([_line("all", "adam", 0.40, None), _line("gradtag", "adam", 0.70, None)])
     assert "no spread" in result.recommendation()

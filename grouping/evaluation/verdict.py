@@ -14,7 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grouping.affinity.error_report import ROOM_FIGURES
-from grouping.evaluation.comparison import METRIC_LABELS, Gap, format_mean, gap
+from grouping.evaluation.comparison import (
+    METRIC_LABELS,
+    Gap,
+    format_fraction,
+    format_mean,
+    gap,
+)
 
 ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
               "spectral": "spectral groups of the estimate", "true": "true-affinity groups",
@@ -144,6 +150,19 @@ class Verdict:
                   and item.own["optimizer"] == self.primary]
         return "; ".join(parts)
 
+    def models_at_start(self) -> str | None:
+        """A line saying how many of the leading grouping's models (primary optimizer) kept
+        their starting state, where any did: the partition cannot change those models."""
+        leading = next((item.own for item in self.comparisons
+                        if item.own["optimizer"] == self.primary), None)
+        share = None if leading is None else leading.get("kept_start_fraction")
+        if not share:
+            return None
+        return (f"- {format_fraction(share)} of the {grouping_label(leading['grouping'])}' "
+                "models kept their starting state (early stopping at epoch 0; under the "
+                "linear start, the per-task regressions): for those tasks the partition "
+                "changes nothing.")
+
     def versus(self, grouping: str) -> Comparison | None:
         """The leading grouping against ``grouping``'s row, both under the primary
         optimizer (None when the comparison has no such row)."""
@@ -158,6 +177,9 @@ class Verdict:
         lines += [f"- {row_label(item.own)} {_singular(item.difference)} "
                   f"{row_label(item.other)}: {item.difference.describe()} mean {self.label}."
                   for item in self.comparisons]
+        at_start = self.models_at_start()
+        if at_start:
+            lines.append(at_start)
         if self.information:
             lines += ["", self.information]
         lines += ["", f"Mean {self.label} over tasks, on the test split. \"Beats\" means a gap "
