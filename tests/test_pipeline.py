@@ -224,7 +224,8 @@ def test_interrupted_group_training_restores_the_tune_experiment(finished, tmp_p
     (copy / "comparison.json").unlink()
     shutil.rmtree(copy / "group_trials")  # only the Tune experiment holds the trained models
     results = sorted((copy / "tune").glob("*/*/checkpoint_*/result.pt"))
-    assert len(results) == 26  # 19 group models with AdaTask, 7 with Adam, one lr each
+    # one trial per distinct group model (one lr each), as the finished run's trial store holds
+    assert len(results) == len(list(finished.path.glob("group_trials/*.pt"))) > 0
     stamps = [path.stat().st_mtime_ns for path in results]
     config = parse_config(small_sbm_config(true_affinity=TRUE_AFFINITY, dmtg=DMTG))
     Pipeline(config, RunDirectory(copy, resume=True), resume=True).execute()
