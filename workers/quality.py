@@ -43,7 +43,13 @@ from grouping.affinity.rows import RowTable
 from grouping.affinity.subsets import subsets_for_coverage
 from grouping.artifacts import RunDirectory
 from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config, parse_config
-from grouping.evaluation.comparison import format_fraction, format_value, gap, summarize_rows
+from grouping.evaluation.comparison import (
+    format_fraction,
+    format_value,
+    gap,
+    models_at_start,
+    summarize_rows,
+)
 from grouping.families import family_of
 from grouping.models import spec_from_dict
 from grouping.tasksets import AnyTaskSet
@@ -385,11 +391,9 @@ def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[
         subject = names.get(first, first)
         out[label] = (f"{subject} {difference.verb} {names.get(second, second)}: "
                       f"{difference.describe()} in mean {metric}")
-    at_start = summary.get("gradtag", {}).get("kept_start_fraction")
+    at_start = models_at_start(summary.get("gradtag", {}), names.get("gradtag", "gradtag"))
     if at_start is not None:
-        out["estimated_models_at_start"] = (
-            f"{format_fraction(at_start)} of the estimated groups' models kept their starting "
-            "state (early stopping at epoch 0): a partition of those changes nothing")
+        out["estimated_models_at_start"] = at_start
     return out
 
 

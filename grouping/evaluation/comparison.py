@@ -95,6 +95,18 @@ def format_fraction(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
+def models_at_start(line: dict, label: str) -> str | None:
+    """``75% of the estimated groups' models kept their starting state ...``: the sentence
+    on a summary line's ``kept_start_fraction`` (``label``: the row's readable name), None
+    where the line records none."""
+    share = line.get("kept_start_fraction")
+    if share is None:
+        return None
+    return (f"{format_fraction(share)} of the {label}' models kept their starting state "
+            "(early stopping at epoch 0; under the linear start, the per-task regressions): "
+            "a partition of those changes nothing")
+
+
 def format_mean(line: dict, key: str) -> str:
     """:func:`format_value` of a summary line's ``key`` with its standard error ``key_se``."""
     return format_value(line[key], line.get(f"{key}_se"))

@@ -17,9 +17,9 @@ from grouping.affinity.error_report import ROOM_FIGURES
 from grouping.evaluation.comparison import (
     METRIC_LABELS,
     Gap,
-    format_fraction,
     format_mean,
     gap,
+    models_at_start,
 )
 
 ROW_LABELS = {"all": "all tasks in one model", "gradtag": "estimated groups",
@@ -155,13 +155,9 @@ class Verdict:
         their starting state, where any did: the partition cannot change those models."""
         leading = next((item.own for item in self.comparisons
                         if item.own["optimizer"] == self.primary), None)
-        share = None if leading is None else leading.get("kept_start_fraction")
-        if not share:
+        if leading is None or not leading.get("kept_start_fraction"):
             return None
-        return (f"- {format_fraction(share)} of the {grouping_label(leading['grouping'])}' "
-                "models kept their starting state (early stopping at epoch 0; under the "
-                "linear start, the per-task regressions): for those tasks the partition "
-                "changes nothing.")
+        return f"- {models_at_start(leading, grouping_label(leading['grouping']))}."
 
     def versus(self, grouping: str) -> Comparison | None:
         """The leading grouping against ``grouping``'s row, both under the primary
