@@ -377,9 +377,9 @@ class Pipeline:
         """The initialisation seeds every compared grouping is trained with."""
         return [self.config.seed + number for number in range(self.config.group_training.seeds)]
 
-    def _plans(self, record: dict) -> list[Plan]:
+    def _plans(self, record: dict, dmtg_runs: list[dict]) -> list[Plan]:
         """Every grouping to train: all-in-one, the leading grouping, then the baselines, and
-        DMTG's groups (one grouping per DMTG seed, trained with that seed)."""
+        DMTG's groups (one grouping per run of ``dmtg_runs``, trained with that run's seed)."""
         taskset, options = self.taskset, self.config.groups
         seconds = self.run.stage_seconds()
         search = sum(seconds.get(stage, 0.0) for stage in (
@@ -397,12 +397,11 @@ class Pipeline:
                        seed=seed) for seed in range(options.random_seeds)]
         if options.single_task:
             plans.append(Plan("single", [[task] for task in range(taskset.num_tasks)]))
-        if self.config.dmtg.enabled:
-            # DMTG's groups of its number-th seed, trained as every other grouping is (fresh
-            # group models, the same start, loop and seed), beside DMTG's own fine-tuning.
-            plans += [Plan("dmtg_groups", [group for group in run["groups"] if group],
-                           run["search_seconds"], seed=number)
-                      for number, run in enumerate(self.run.read_json(run_files.DMTG)["runs"])]
+        # DMTG's groups of its number-th seed, trained as every other grouping is (fresh
+        # group models, the same start, loop and seed), beside DMTG's own fine-tuning.
+        plans += [Plan("dmtg_groups", [group for group in run["groups"] if group],
+                       run["search_seconds"], seed=number)
+                  for number, run in enumerate(dmtg_runs)]
         return plans
 
     def _tracks_dominance(self, group: list[int]) -> bool:
@@ -438,7 +437,9 @@ class Pipeline:
         return [self.run.load_torch(key) for key in keys]
 
     def _comparison(self) -> None:
-        plans = self._plans(self.run.read_json(run_files.GROUPS))
+        dmtg_runs = (self.run.read_json(run_files.DMTG)["runs"] if self.config.dmtg.enabled
+                     else [])
+        plans = self._plans(self.run.read_json(run_files.GROUPS), dmtg_runs)
         primary, *others = self.config.group_training.optimizers
         compared = {"all", self.grouping}
         seeds = self._init_seeds()
@@ -475,12 +476,11 @@ class Pipeline:
             rows.append(comparison_row(plan, [linear], "lbfgs", None,
                                        self.family.metric_names))
             per_task["per_task_linear"] = linear["tasks"]
-        if self.config.dmtg.enabled:
-            for run in self.run.read_json(run_files.DMTG)["runs"]:
-                plan = Plan("dmtg", run["groups"], run["search_seconds"])
-                rows.append(comparison_row(plan, [{"tasks": run["tasks"],
-                                                   "seconds": run["finetune_seconds"]}],
-                                           "adam", run["seed"], self.family.metric_names))
-                per_task[f"dmtg-init{run['seed']}"] = run["tasks"]
+        for run in dmtg_runs:
+            plan = Plan("dmtg", run["groups"], run["search_seconds"])
+            rows.append(comparison_row(plan, [{"tasks": run["tasks"],
+                                               "seconds": run["finetune_seconds"]}],
+                                       "adam", run["seed"], self.family.metric_names))
+            per_task[f"dmtg-init{run['seed']}"] = run["tasks"]
         self.run.write_json(run_files.COMPARISON, rows)
         self.run.write_json(run_files.TASK_METRICS, per_task)
