@@ -10,6 +10,8 @@ regression per task, every model over several initialisation seeds (see
 
     python scripts/bench_quality.py --json results/bench_quality.json
     python scripts/bench_quality.py --configs configs/yeast.yaml --seeds 5
+    python scripts/bench_quality.py --truths from_scratch --max-subsets 100 \
+        snap_dblp_sub=50 instructions_tiny=60 --repeat-subsets 100 instructions_tiny=30
     python scripts/bench_quality.py --truths fine_tune --estimate-only \
         --estimators surrogate first_order label_overlap
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +42,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         default=[ROOT / "configs" / f"{name}.yaml" for name in DEFAULT_CONFIGS])
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "bench_quality",
                         help="run directories, one per config and truth (reused when present)")
-    parser.add_argument("--max-subsets", type=int, default=100,
-                        help="estimator subsets per config (every one is also truly trained)")
-    parser.add_argument("--repeat-subsets", type=int, default=100,
-                        help="subsets trained under a second seed (the noise floor)")
+    parser.add_argument("--max-subsets", nargs="+", default=[], metavar="[CONFIG=]N",
+                        help="estimator subsets per config, every one also truly trained "
+                             "(N for every config, CONFIG=N for the config named CONFIG; "
+                             "default 100)")
+    parser.add_argument("--repeat-subsets", nargs="+", default=[], metavar="[CONFIG=]N",
+                        help="subsets trained under a second seed (the noise floor), as "
+                             "--max-subsets (default 100)")
     parser.add_argument("--seeds", type=int, default=3, help="initialisation seeds per row")
     parser.add_argument("--random-seeds", type=int, default=3, help="random-group draws")
     parser.add_argument("--single-task-max", type=int, default=30,
@@ -69,18 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     from grouping.config import ConfigError, load_config
     from workers.console import quiet, say
-    from workers.quality import BenchmarkSettings, benchmark_config, markdown, variant_options
+    from workers.quality import (
+        BenchmarkSettings,
+        benchmark_config,
+        markdown,
+        subset_caps,
+        variant_options,
+    )
     from workers.runtime import init_ray
 
     try:
         configs = [load_config(path, arguments.set) for path in arguments.configs]
         for variant in arguments.estimators:
             variant_options(configs[0], variant)
+        names = [config.name for config in configs]
+        max_subsets = subset_caps(arguments.max_subsets, names, "--max-subsets")
+        repeat_subsets = subset_caps(arguments.repeat_subsets, names, "--repeat-subsets")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    names = [config.name for config in configs]
-    settings = BenchmarkSettings(arguments.max_subsets, arguments.repeat_subsets,
+    settings = BenchmarkSettings(max_subsets[names[0]], repeat_subsets[names[0]],
                                  arguments.seeds, arguments.random_seeds,
                                  arguments.single_task_max, arguments.seed,
                                  tuple(arguments.truths), tuple(arguments.estimators),
@@ -90,10 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         quiet(log)
         say(f"library output: {log}")
     init_ray(None)
-    figures, text = {"settings": vars(settings), "configs": {}}, []
+    figures = {"settings": {**vars(settings), "max_subsets": max_subsets,
+                            "repeat_subsets": repeat_subsets}, "configs": {}}
+    text: list[str] = []
     for name, path in zip(names, arguments.configs):
         start = time.perf_counter()
-        result = benchmark_config(path, arguments.workdir / name, settings, arguments.set)
+        capped = replace(settings, max_subsets=max_subsets[name],
+                         repeat_subsets=repeat_subsets[name])
+        result = benchmark_config(path, arguments.workdir / name, capped, arguments.set)
         result["seconds"]["total"] = time.perf_counter() - start
         figures["configs"][name] = result
         text += markdown(name, result)

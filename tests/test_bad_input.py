@@ -213,3 +213,17 @@ def test_the_cost_benchmark_refuses_an_estimator_it_cannot_time(tmp_path):
          str(config), "--output", str(output), "--variant", "truncated:truncated.patience=2",
          "--variant", "surrogate"], capture_output=True, text=True, timeout=300)
     assert "'surrogate'" in _refused(result) and not output.exists()
+
+
+def test_the_quality_benchmark_refuses_a_cap_for_a_config_it_does_not_run(tmp_path):
+    """A per-config subset cap must name one of ``--configs``: refused in one line naming
+    the option and the name, before any run directory is made."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(small_sbm_config()))
+    workdir = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--configs", str(config),
+         "--workdir", str(workdir), "--max-subsets", "40", "snap_dblp_sub=20"],
+        capture_output=True, text=True, timeout=300)
+    line = _refused(result)
+    assert "--max-subsets" in line and "'snap_dblp_sub'" in line and not workdir.exists()

@@ -15,7 +15,7 @@ from conftest import small_sbm_config
 
 from grouping.affinity.true_affinity import train_subset_from_scratch
 from grouping.artifacts import RunDirectory
-from grouping.config import parse_config
+from grouping.config import ConfigError, parse_config
 from grouping.evaluation import linear_baseline
 from grouping.evaluation.comparison import gap, summarize_rows
 from grouping.families import BinaryLabelFamily
@@ -98,6 +98,22 @@ def tiny():
                             train={"max_epochs": 30, "patience": 5})
     config = parse_config(data)
     return config, build_taskset(config)
+
+
+def test_subset_caps_apply_to_every_config_or_to_the_one_named():
+    from workers.quality import subset_caps
+
+    names = ["yeast", "snap_dblp_sub"]
+    assert subset_caps([], names, "--max-subsets") == {"yeast": 100, "snap_dblp_sub": 100}
+    assert subset_caps(["60", "snap_dblp_sub=40"], names, "--max-subsets") == {
+        "yeast": 60, "snap_dblp_sub": 40}
+    assert subset_caps(["snap_dblp_sub=40", "60"], names, "--max-subsets") == {
+        "yeast": 60, "snap_dblp_sub": 60}
+    with pytest.raises(ConfigError, match="--repeat-subsets: no config named 'cal500'"):
+        subset_caps(["cal500=10"], names, "--repeat-subsets")
+    for item in ("yeast=0", "-3", "many", "yeast="):
+        with pytest.raises(ConfigError, match=r"--max-subsets: .* N >= 1"):
+            subset_caps([item], names, "--max-subsets")
 
 
 def test_from_scratch_truth_is_the_group_models_validation_loss(tiny):

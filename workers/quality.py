@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,15 +70,9 @@ room_for_grouping`)."""
 ROW_NAMES = {"all": "all-in-one", "gradtag": "estimated groups", "random": "random groups",
              "single": "single-task", "dmtg": "DMTG", "dmtg_groups": "DMTG's groups",
              "per_task_linear": "per-task logistic"}
-VARIANTS = ("surrogate", "surrogate:l2=0.01", "surrogate:l2=0.001", "first_order",
-            "first_order:first_order.normalize=true", "label_overlap", "lookahead",
-            "lookahead:lookahead.epochs=2", "lookahead:lookahead.epochs=1",
-            "lookahead:lookahead.epochs=1,lookahead.seeds=2",
-            "lookahead:lookahead.epochs=1,lookahead.lr=0.002",
-            "lookahead:lookahead.epochs=1,lookahead.lr=0.003", "lookahead:lookahead.epochs=8",
-            "lookahead:lookahead.patience=1", "truncated", "truncated:truncated.epochs=8")
-"""The estimator variants measured by default: ``NAME`` or ``NAME:FIELD=VALUE,...`` with
-fields of the ``affinity`` section."""
+VARIANTS = tuple(ESTIMATORS)
+"""The variants judged by default: every estimator at its config defaults (the variant
+tables of the README name the others they were measured with)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +92,28 @@ class BenchmarkSettings:
     protocols: tuple[str, ...] = PROTOCOLS
     variants: tuple[str, ...] = field(default=VARIANTS)
     estimate_only: bool = False
+
+
+def subset_caps(items: Sequence[str], names: Sequence[str], option: str,
+                default: int = 100) -> dict[str, int]:
+    """Each config's cap: ``default``, then the ``N`` (every config) and ``NAME=N`` (the
+    config named NAME) items in order, a later item overriding an earlier one; a count
+    below 1, or a name that is not among ``names``, raises :class:`ConfigError` naming
+    ``option``."""
+    caps = dict.fromkeys(names, default)
+    for item in items:
+        name, _, text = item.rpartition("=")
+        if name and name not in names:
+            raise ConfigError(f"{option}: no config named {name!r} among "
+                              f"{', '.join(names)}")
+        try:
+            count = int(text)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError(f"{option}: {item!r} is not N or CONFIG=N with N >= 1")
+        caps.update({name: count} if name else dict.fromkeys(names, count))
+    return caps
 
 
 def overrides(config: RunConfig, settings: BenchmarkSettings, protocol: str) -> list[str]:
