@@ -82,6 +82,18 @@ def test_verdict_refuses_beats_within_two_standard_errors():
     far = gap(lines["a"], lines["c"], "mean_test_f1")
     assert far.beats and far.z > 2 and "standard errors" in far.describe()
     assert gap(lines["c"], lines["a"], "mean_test_f1").loses
+    assert (far.verb(), far.verb(singular=True)) == ("beat", "beats")
+    assert close.verb(singular=True) == "is indistinguishable from"
+
+
+def test_the_quality_verdicts_agree_with_a_singular_subject():
+    from workers.quality import ROW_NAMES, verdicts
+
+    rows = [_row(name, value + 0.01 * seed, seed) for name, value in
+            (("all", 0.5), ("per_task_linear", 0.8)) for seed in range(3)]
+    sentences = verdicts(_lines(rows), "mean_test_f1", ROW_NAMES)
+    assert sentences["all_vs_per_task_linear"].startswith(
+        "the all-in-one model loses to per-task logistic: ")
 
 
 def test_verdict_refuses_beats_without_a_spread():

@@ -405,8 +405,9 @@ def verdicts(summary: dict[str, dict], key: str, names: dict[str, str]) -> dict[
         if first not in summary or second not in summary:
             continue
         difference = gap(summary[first], summary[second], key)
-        subject = names.get(first, first)
-        out[label] = (f"{subject} {difference.verb} {names.get(second, second)}: "
+        subject = "the all-in-one model" if first == "all" else names.get(first, first)
+        out[label] = (f"{subject} {difference.verb(singular=first == 'all')} "
+                      f"{names.get(second, second)}: "
                       f"{difference.describe()} in mean {metric}")
     at_start = models_at_start(summary.get("gradtag", {}), names.get("gradtag", "gradtag"))
     if at_start is not None:

@@ -175,9 +175,12 @@ class Gap:
     def loses(self) -> bool:
         return self.z is not None and self.z < -2
 
-    @property
-    def verb(self) -> str:
-        """``beat``, ``lose to`` or ``are indistinguishable from`` (plural subject)."""
+    def verb(self, singular: bool = False) -> str:
+        """``beat``, ``lose to`` or ``are indistinguishable from`` (``beats``, ``loses to``,
+        ``is indistinguishable from`` for a ``singular`` subject)."""
+        if singular:
+            return "beats" if self.beats else "loses to" if self.loses else (
+                "is indistinguishable from")
         return "beat" if self.beats else "lose to" if self.loses else "are indistinguishable from"
 
     def describe(self) -> str:
