@@ -566,7 +566,9 @@ class RayConfig(_Strict):
     workers with ``num_gpus_per_worker`` > 0 compute on their GPU; ``num_gpus_per_surrogate``
     > 0 solves the surrogate batches on that share of a GPU.
     ``subsets_per_batch`` subsets go to a worker at once: the more of them share a task, the
-    fewer times its rows are read (see :mod:`grouping.affinity.surrogate`).
+    fewer times its rows are read (see :mod:`grouping.affinity.surrogate`); estimators whose
+    subsets do not depend on their batch-mates take fewer, so that every worker gets several
+    batches (:func:`workers.estimates.estimate_batch_size`).
     ``worker_memory_gib`` is the memory one worker may use, against which the estimation
     stages' needs are checked before a run starts (:mod:`grouping.resources`); null: the
     memory available on the driver's machine, shared by ``num_workers``."""

@@ -214,7 +214,8 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
     path.write_text(yaml.safe_dump(data))
     settings = BenchmarkSettings(max_subsets=60, repeat_subsets=20, seeds=2, random_seeds=2,
                                  single_task_max_tasks=0,
-                                 variants=("surrogate", "first_order", "label_overlap"))
+                                 variants=("lookahead", "surrogate", "first_order",
+                                           "label_overlap"))
     figures = benchmark_config(path, tmp_path / "bench", settings)
     assert max(figures["ari_planted_oracle"].values()) >= 0.9
     # the default lookahead reads no gradients; the gradient variants' table is computed once,
@@ -240,6 +241,10 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
             assert np.isfinite(estimator["within_task_spearman"])
             assert estimator["cost_ratio"] > 0
     assert np.isnan(figures["estimators"]["first_order"]["mean_change"])
+    # the default among the variants is the run's own estimate, not a second one
+    for protocol, run in zip(PROTOCOLS, runs):
+        assert figures["estimators_by_truth"][protocol]["lookahead"]["estimate_seconds"] == (
+            run.stage_seconds()["estimates"])
     assert figures["truth"]["protocol"] in ("from_scratch", "fine_tune")
     assert "standard errors" in figures["verdict"] or "single run" in figures["verdict"]
     for protocol, room in figures["truth_effects"].items():

@@ -1,20 +1,45 @@
-"""The estimator of f̂(S, i) fanned out over Ray in fixed batches of subsets (results do not
-depend on the number of workers: each batch is the same batch on any worker)."""
+"""The estimator of f̂(S, i) fanned out over Ray in batches of subsets fixed by the config
+(results do not depend on the number of workers: each batch is the same batch on any
+worker)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import ray
 import torch
 
-from grouping.affinity.estimators import BaseModel, Estimator, EstimatorInputs, make_estimator
+from grouping.affinity.estimators import (
+    ESTIMATORS,
+    BaseModel,
+    Estimator,
+    EstimatorInputs,
+    make_estimator,
+)
 from grouping.affinity.rows import GatheredRows, MappedRows, RowTable
 from grouping.artifacts import ShardStore
 from grouping.config import AffinityConfig, RayConfig
 from workers.progress import run_windowed
 from workers.runtime import share_device, single_node, usable_workers, worker_threads
+
+BATCHES_PER_WORKER = 4
+"""How many batches each declared worker gets at least, for estimators whose subsets are
+independent of their batch-mates (so that subsets of unequal cost even out)."""
+
+
+def estimate_batch_size(options: AffinityConfig, num_subsets: int, config: RayConfig) -> int:
+    """Subsets per batch of ``options``' estimator over ``num_subsets`` subsets:
+    ``ray.subsets_per_batch`` for a batched fit (``Estimator.independent_subsets`` off),
+    else at most that, and small enough that each of ``ray.num_workers`` workers gets
+    :data:`BATCHES_PER_WORKER` batches — 50 subsets in one batch of 64 would keep one worker
+    busy while the others idle. Fixed by the config and the number of subsets, never by the
+    cluster, so that interrupted runs find their saved batches again."""
+    if not ESTIMATORS[options.estimator].independent_subsets:
+        return config.subsets_per_batch
+    spread = math.ceil(num_subsets / (BATCHES_PER_WORKER * config.num_workers))
+    return max(1, min(config.subsets_per_batch, spread))
 
 
 def _estimate_batch(estimator: Estimator, subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
@@ -36,8 +61,8 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
     first-order alignments, …) is computed once here, when a batch remains to be estimated,
     and shared through the object store. Workers read only the gradient rows of their
     subsets' tasks, and none when the estimator reads only what it prepared. With
-    ``shards``, each finished batch is saved at once and batches saved by an interrupted
-    attempt are read back, not estimated again."""
+    ``shards`` (named by :func:`estimate_batch_size`), each finished batch is saved at once
+    and batches saved by an interrupted attempt are read back, not estimated again."""
     estimator = make_estimator(options)
     if estimator.needs_base_model and base is None:
         raise ValueError(f"the {estimator.name} estimator needs the base model")
@@ -49,8 +74,8 @@ def compute_subset_losses(subsets: np.ndarray, rows: RowTable, f0: np.ndarray,
     mapped = (MappedRows(str(gradients.filename))
               if isinstance(gradients, np.memmap) and single_node() else None)
     threads = worker_threads(config.num_cpus_per_worker)
-    batches = [subsets[start:start + config.subsets_per_batch]
-               for start in range(0, len(subsets), config.subsets_per_batch)]
+    size = estimate_batch_size(options, len(subsets), config)
+    batches = [subsets[start:start + size] for start in range(0, len(subsets), size)]
     finished, on_result = {}, None
     if shards is not None:
         saved = {number: shards.load(number) for number in range(len(batches))}

@@ -40,7 +40,7 @@ from grouping.resources import check_needs, estimation_needs
 from grouping.tasksets import AnyTaskSet, build_taskset
 from workers.console import say
 from workers.dmtg import run_dmtg
-from workers.estimates import compute_subset_losses
+from workers.estimates import compute_subset_losses, estimate_batch_size
 from workers.gradients import compute_gradient_features
 from workers.linear import fit_linear
 from workers.stages import (
@@ -237,7 +237,8 @@ class Pipeline:
     def _estimates(self) -> None:
         subsets = self._subsets()
         rows = RowTable(**self.run.load_arrays(run_files.GRADIENT_ROWS))
-        shards = self._shards("estimates", self.config.ray.subsets_per_batch)
+        shards = self._shards("estimates", estimate_batch_size(
+            self.config.affinity, len(subsets), self.config.ray))
         losses = compute_subset_losses(
             subsets, rows, self.run.load_array(run_files.GRADIENT_F0),
             self.run.load_array(run_files.GRADIENT_FEATURES, mmap=True), self.config.affinity,

@@ -3,8 +3,8 @@ gradient-feature table of the base model θ0.
 
 An estimator is built from the ``affinity`` section of the config. The Ray layer
 (:mod:`workers.estimates`) calls :meth:`Estimator.prepare` once for all subsets, shares what
-it returns, and calls :meth:`Estimator.estimate` on fixed batches of subsets, so that the
-result does not depend on the number of workers. Lower f̂ means that S helps task i more;
+it returns, and calls :meth:`Estimator.estimate` on batches of subsets fixed by the config,
+so that the result does not depend on the number of workers. Lower f̂ means that S helps task i more;
 what grouping reads is the ranking of a task's subsets (:mod:`grouping.affinity.aggregate`
 z-normalises each task's values), so an estimator may return a score on any scale
 (``predicts_losses = False``) instead of predicted validation losses.
@@ -87,6 +87,11 @@ class Estimator(ABC):
 
     needs_base_model: ClassVar[bool] = False
     """Whether the estimator trains the base model (``EstimatorInputs.base``)."""
+
+    independent_subsets: ClassVar[bool] = True
+    """Whether a subset's f̂ is the same whatever other subsets share its batch (False: a
+    batched fit, whose figures are fixed only for fixed batches of ``ray.subsets_per_batch``;
+    see :func:`workers.estimates.estimate_batch_size`)."""
 
     def __init__(self, options: AffinityConfig) -> None:
         self.options = options

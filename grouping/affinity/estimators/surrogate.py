@@ -28,6 +28,7 @@ class SurrogateEstimator(Estimator):
     cost = ("a damped Newton-CG fit per subset: about 2 (1 + CG iterations) passes over the "
             "training rows of S per Newton iteration, each 2·rows·d; plus T·d² per task when "
             "preconditioned")
+    independent_subsets = False
 
     def prepare(self, subsets: np.ndarray, table: EstimatorInputs) -> np.ndarray | None:
         """Every task's curvature term when the fits are preconditioned (decided once for
