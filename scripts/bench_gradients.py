@@ -1,9 +1,11 @@
 """Benchmark the projected output gradients g = Pᵀ∇θ f_task(x; θ0) (Grad-TAG, Sec. 3.1) on a
-SIGN-MLP 512→256→256→100, rows (example, random task).
+SIGN-MLP 512→256→256→``--heads`` (100), rows (example, random task).
 
 Options: ``loop`` (one ``torch.autograd.grad`` call per row, the gradients stacked and projected
 by the dense P, as the reference Grad-TAG code does), ``vmap`` (``output_gradients``: vmap of
-grad, dense P), and the projectors of ``grouping.affinity.projectors`` run by the hook engine
+grad, dense P), ``vmap_per_head`` (with ``--skip``, the SIGN-MLP given a per-task skip over
+its input: the same, each row's head and skip rows projected alone, as the binary-label
+family runs it), and the projectors of ``grouping.affinity.projectors`` run by the hook engine
 of ``grouping.affinity.hook_gradients``: ``dense`` (the same P), ``kronecker`` (d_out·d_in ≤
 --dim) and ``kronecker+dense`` (Kronecker to --intermediate-dim, then dense to --dim). The
 bound is one [rows, D] × [D, d] matmul, the projection alone of already formed gradients.
@@ -14,6 +16,7 @@ Inputs are N(0, 1) and tasks uniform, so that distinct rows have nearly orthogon
 a hard case for any projection.
 
     python scripts/bench_gradients.py --dim 200 --batch 512 --repeats 5 --json bench.json
+    python scripts/bench_gradients.py --skip --tasks-per-batch 2 --heads 500
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ from grouping.affinity.hook_gradients import (  # noqa: E402
 from grouping.affinity.projection import dense_projection  # noqa: E402
 from grouping.affinity.projectors import PROJECTIONS, Projector, make_projector  # noqa: E402
 from grouping.models import ModelSpec, build_model  # noqa: E402
+from grouping.models.sign_mlp import HEAD_PARAMETERS  # noqa: E402
 from grouping.training import resolve_device  # noqa: E402
 
-SPEC = ModelSpec(512, (256, 256), 100)
 Rows = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -75,6 +78,11 @@ def options(model: nn.Module, dim: int, intermediate_dim: int, seed: int,
     run = {"loop": lambda rows: per_row_gradients(model, rows) @ full,
            "vmap": lambda rows: output_gradients(model, blocks, *rows)[1]}
     dims = {"loop": dim, "vmap": dim}
+    if model.skip is not None:
+        per_head = [name for name in shapes if name.startswith(HEAD_PARAMETERS)]
+        run["vmap_per_head"] = lambda rows: output_gradients(model, blocks, *rows,
+                                                             per_head=per_head)[1]
+        dims["vmap_per_head"] = dim
     for kind in PROJECTIONS:
         projector = make_projector(kind, model, dim, seed, intermediate_dim=intermediate_dim)
         run[kind] = partial(_projected, model, projector)
@@ -93,19 +101,26 @@ def inner_product_correlation(features: torch.Tensor, exact: torch.Tensor) -> fl
     return float(torch.corrcoef(torch.stack(pairs))[0, 1])
 
 
-def sample_rows(count: int, generator: torch.Generator, device: torch.device) -> Rows:
-    """Rows (N(0, 1) inputs [count, 512], uniform tasks [count])."""
-    inputs = torch.randn(count, SPEC.in_dim, generator=generator)
-    tasks = torch.randint(0, SPEC.num_heads, (count,), generator=generator)
+def sample_rows(spec: ModelSpec, count: int, generator: torch.Generator, device: torch.device,
+                tasks_per_batch: int | None = None) -> Rows:
+    """Rows (N(0, 1) inputs [count, in_dim], uniform tasks [count]; with ``tasks_per_batch``,
+    that many tasks in sorted runs, as the row table's chunks hold them)."""
+    inputs = torch.randn(count, spec.in_dim, generator=generator)
+    if tasks_per_batch is None:
+        tasks = torch.randint(0, spec.num_heads, (count,), generator=generator)
+    else:
+        chosen = torch.randperm(spec.num_heads, generator=generator)[:tasks_per_batch]
+        tasks = torch.sort(chosen[torch.arange(count) * tasks_per_batch // count]).values
     return inputs.to(device), tasks.to(device)
 
 
 def bench(args: argparse.Namespace, device: torch.device) -> dict:
     """Rows/s of every option and of the matmul bound, ratios, and inner-product fidelity."""
-    model = build_model(SPEC, seed=args.seed).to(device)
+    spec = ModelSpec(512, (256, 256), args.heads, skip=args.skip)
+    model = build_model(spec, seed=args.seed).to(device)
     run, dims = options(model, args.dim, args.intermediate_dim, args.seed, device)
     generator = torch.Generator().manual_seed(args.seed)
-    rows = sample_rows(args.batch, generator, device)
+    rows = sample_rows(spec, args.batch, generator, device, args.tasks_per_batch)
     size = sum(param.numel() for param in model.parameters())
     dense_gradients = torch.randn(args.batch, size, generator=generator).to(device)
     matrix = torch.randn(size, args.dim, generator=generator).to(device)
@@ -113,7 +128,7 @@ def bench(args: argparse.Namespace, device: torch.device) -> dict:
     functions["bound"] = lambda: dense_gradients @ matrix
     rate = _median_rows_per_s(functions, args.batch, args.repeats, device)
     bound = rate.pop("bound")
-    sample = sample_rows(args.fidelity_rows, generator, device)
+    sample = sample_rows(spec, args.fidelity_rows, generator, device)
     exact = per_row_gradients(model, sample)
     fidelity = {name: inner_product_correlation(option(sample), exact)
                 for name, option in run.items()}
@@ -133,6 +148,11 @@ def main() -> None:
                         help="Kronecker dimension of kronecker+dense")
     parser.add_argument("--batch", type=int, default=512, help="rows per call")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--heads", type=int, default=100, help="tasks (one head each)")
+    parser.add_argument("--skip", action="store_true",
+                        help="give each task a linear skip from the input (model.skip)")
+    parser.add_argument("--tasks-per-batch", type=int, default=None,
+                        help="rows of this many tasks per batch, sorted (default: uniform)")
     parser.add_argument("--fidelity-rows", type=int, default=200,
                         help="rows whose pairwise inner products measure fidelity")
     add_common_arguments(parser)

@@ -9,6 +9,7 @@ from torch.func import functional_call
 from grouping.affinity.gradients import output_gradients
 from grouping.affinity.projection import dense_projection, projection_block
 from grouping.models import ModelSpec, build_model
+from grouping.models.sign_mlp import HEAD_PARAMETERS
 
 SPEC = ModelSpec(in_dim=12, hidden=(8, 6), num_heads=5)
 
@@ -33,6 +34,25 @@ def test_vectorized_gradients_equal_a_per_example_loop():
                        for name, param in model.named_parameters())
         assert torch.allclose(f0[row], logit.detach(), atol=1e-6)
         assert torch.allclose(projected[row], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_per_head_rows_project_as_the_dense_gradient_does():
+    """With a per-task skip, projecting only a row's own head and skip rows gives the dense
+    projection of its whole gradient (those blocks are zero outside the task's row); rows of
+    several tasks in one call, in any order."""
+    spec = ModelSpec(in_dim=12, hidden=(8, 6), num_heads=5, skip=True)
+    model = build_model(spec, seed=3).double()
+    names = {name: param.shape for name, param in model.named_parameters()}
+    projection = {name: block.double() for name, block in dense_projection(names, 32, 7).items()}
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(40, spec.in_dim, generator=generator, dtype=torch.float64)
+    tasks = torch.randint(0, spec.num_heads, (40,), generator=generator)
+    f0, dense = output_gradients(model, projection, inputs, tasks)
+    per_head = [name for name in names if name.startswith(HEAD_PARAMETERS)]
+    assert per_head == ["heads.weight", "heads.bias", "skip.weight"]
+    sparse_f0, sparse = output_gradients(model, projection, inputs, tasks, per_head=per_head)
+    assert torch.equal(f0, sparse_f0)
+    assert torch.allclose(sparse, dense, rtol=1e-10, atol=1e-12)
 
 
 def test_projection_is_rebuilt_identically_from_the_seed():

@@ -35,11 +35,16 @@ def split_parameters(model: nn.Module, names: Container[str]
 
 
 def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inputs: torch.Tensor,
-                     tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     tasks: torch.Tensor, per_head: Container[str] = ()
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Base logits [B] and projected output gradients [B, d] for rows (inputs[b], tasks[b]).
 
     ``projection`` maps each trainable parameter name to its [numel, d] block; the gradient
-    is taken with respect to exactly those parameters (the rest stay fixed).
+    is taken with respect to exactly those parameters (the rest stay fixed). Parameters named
+    in ``per_head`` hold one row per head (row k: head k's, as a SIGN-MLP's heads and skip
+    do): a row's gradient there is zero outside its own task's row, so only that row is
+    projected, against the block's rows of that head — the same Pᵀ∇f at a cost that does not
+    grow with the number of heads (a per-task skip is most of a wide task set's parameters).
     """
     model.eval()
     params, buffers = split_parameters(model, projection)
@@ -52,5 +57,16 @@ def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inpu
     with torch.no_grad():
         f0 = (functional_call(model, {**params, **buffers}, (inputs,)) * onehot).sum(dim=1)
     per_row = vmap(grad(logit), in_dims=(None, 0, 0))(params, inputs, onehot)
-    projected = sum(per_row[name].flatten(1) @ projection[name] for name in params)
+    dim = next(iter(projection.values())).shape[1]
+    projected = torch.zeros(len(tasks), dim, dtype=f0.dtype, device=f0.device)
+    for name in params:
+        if name not in per_head:
+            projected = projected + per_row[name].flatten(1) @ projection[name]
+            continue
+        own_rows = per_row[name][torch.arange(len(tasks), device=tasks.device), tasks]
+        own_rows = own_rows.reshape(len(tasks), -1)
+        blocks = projection[name].view(num_heads, own_rows.shape[1], dim)
+        for task in tasks.unique():
+            chosen = tasks == task
+            projected[chosen] += own_rows[chosen] @ blocks[task]
     return f0, projected

@@ -19,7 +19,7 @@ from grouping.evaluation.metrics import task_metrics
 from grouping.families.base import OutputRows, TaskFamily
 from grouping.models import ModelSpec, build_model
 from grouping.models.per_task_linear import PerTaskLinear
-from grouping.models.sign_mlp import select_heads, write_heads
+from grouping.models.sign_mlp import HEAD_PARAMETERS, select_heads, write_heads
 from grouping.tasksets import VAL, TaskSet
 from grouping.training import average_precisions, predict, train_model
 
@@ -39,7 +39,8 @@ class HeadOutputs(OutputRows):
 
     def vmap_gradients(self, model: nn.Module, projection: dict[str, torch.Tensor],
                        batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        return output_gradients(model, projection, *batch)
+        per_head = [name for name in projection if name.startswith(HEAD_PARAMETERS)]
+        return output_gradients(model, projection, *batch, per_head=per_head)
 
 
 class BinaryLabelFamily(TaskFamily):
