@@ -168,9 +168,7 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     """Every applicable estimator variant on the run's gradient table and subsets against
     the run's truth: {variant: error-report figures with ``estimate_seconds`` (the gradient
     stage plus the variant's own estimate) and ``cost_ratio`` against training every
-    subset}. The variant that is the run's own ``affinity`` section reads the run's estimate
-    and that stage's seconds (workers' start included) instead of estimating again.
-    Variants an estimator refuses for this task set are left out."""
+    subset}. Variants an estimator refuses for this task set are left out."""
     rows = RowTable(**run.load_arrays(run_files.GRADIENT_ROWS))
     f0 = run.load_array(run_files.GRADIENT_F0)
     subsets = run.load_arrays(run_files.SUBSET_LOSSES)["subsets"]
@@ -190,13 +188,7 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     out = {}
     for variant, options in applicable.items():
         estimator = ESTIMATORS[options.estimator]
-        if options == config.affinity and "estimates" in run.stage_seconds():
-            # The run's own estimate stage computed this variant on these subsets already.
-            losses = run.load_arrays(run_files.SUBSET_LOSSES)["losses"]
-            seconds = run.stage_seconds()["estimates"]
-        else:
-            losses, seconds = _timed_estimate(subsets, rows, f0, gradients, options, config,
-                                              base)
+        losses, seconds = _timed_estimate(subsets, rows, f0, gradients, options, config, base)
         report = against_truth(losses, true, scorable, estimator.predicted_figure(options)
                                == config.true_affinity.target)
         report["estimate_seconds"] = seconds + (gradient_seconds
@@ -342,8 +334,8 @@ def benchmark_config(config_path: Path, workdir: Path, settings: BenchmarkSettin
         start = time.perf_counter()
         variants = variant_reports(run, config, taskset, settings.variants)
         seconds[f"{protocol}_variants"] = time.perf_counter() - start
-        # The default's figures: its run's own estimate against the truth (the estimate
-        # stage's seconds, workers' start included), with the run's counted FLOP ratio.
+        # The default's figures from its run among the variants (timed on started workers,
+        # as the others are and as the truth's trials are), with the run's counted FLOP ratio.
         by_truth[protocol] = {default: {**_estimator_figures(variants.pop(default, report)),
                                         "flop_ratio": _estimator_figures(report)["flop_ratio"]}}
         by_truth[protocol].update((variant, _estimator_figures(figure))
