@@ -1,5 +1,5 @@
 """Benchmark the projected output gradients g = Pᵀ∇θ f_task(x; θ0) (Grad-TAG, Sec. 3.1) on a
-SIGN-MLP 512→256→256→``--heads`` (100), rows (example, random task).
+SIGN-MLP ``--in-dim`` → ``--hidden`` → ``--heads`` (512→256→256→100), rows (example, random task).
 
 Options: ``loop`` (one ``torch.autograd.grad`` call per row, the gradients stacked and projected
 by the dense P, as the reference Grad-TAG code does), ``vmap`` (``output_gradients``: vmap of
@@ -16,7 +16,7 @@ Inputs are N(0, 1) and tasks uniform, so that distinct rows have nearly orthogon
 a hard case for any projection.
 
     python scripts/bench_gradients.py --dim 200 --batch 512 --repeats 5 --json bench.json
-    python scripts/bench_gradients.py --skip --tasks-per-batch 2 --heads 500
+    python scripts/bench_gradients.py --skip --in-dim 868 --hidden 32 16 --tasks-per-batch 2
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def sample_rows(spec: ModelSpec, count: int, generator: torch.Generator, device:
 
 def bench(args: argparse.Namespace, device: torch.device) -> dict:
     """Rows/s of every option and of the matmul bound, ratios, and inner-product fidelity."""
-    spec = ModelSpec(512, (256, 256), args.heads, skip=args.skip)
+    spec = ModelSpec(args.in_dim, tuple(args.hidden), args.heads, skip=args.skip)
     model = build_model(spec, seed=args.seed).to(device)
     run, dims = options(model, args.dim, args.intermediate_dim, args.seed, device)
     generator = torch.Generator().manual_seed(args.seed)
@@ -148,6 +148,9 @@ def main() -> None:
                         help="Kronecker dimension of kronecker+dense")
     parser.add_argument("--batch", type=int, default=512, help="rows per call")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--in-dim", type=int, default=512, help="input features")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
+                        help="trunk widths")
     parser.add_argument("--heads", type=int, default=100, help="tasks (one head each)")
     parser.add_argument("--skip", action="store_true",
                         help="give each task a linear skip from the input (model.skip)")

@@ -53,6 +53,13 @@ def test_per_head_rows_project_as_the_dense_gradient_does():
     sparse_f0, sparse = output_gradients(model, projection, inputs, tasks, per_head=per_head)
     assert torch.equal(f0, sparse_f0)
     assert torch.allclose(sparse, dense, rtol=1e-10, atol=1e-12)
+    # a fixed skip (no gradient, no block) still gives each row its own task's skip row
+    model.skip.weight.requires_grad_(False)
+    trainable = {name: block for name, block in projection.items() if name != "skip.weight"}
+    f0, dense = output_gradients(model, trainable, inputs, tasks)
+    sparse_f0, sparse = output_gradients(model, trainable, inputs, tasks, per_head=per_head)
+    assert torch.equal(f0, sparse_f0)
+    assert torch.allclose(sparse, dense, rtol=1e-10, atol=1e-12)
 
 
 def test_projection_is_rebuilt_identically_from_the_seed():

@@ -40,33 +40,52 @@ def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inpu
     """Base logits [B] and projected output gradients [B, d] for rows (inputs[b], tasks[b]).
 
     ``projection`` maps each trainable parameter name to its [numel, d] block; the gradient
-    is taken with respect to exactly those parameters (the rest stay fixed). Parameters named
-    in ``per_head`` hold one row per head (row k: head k's, as a SIGN-MLP's heads and skip
-    do): a row's gradient there is zero outside its own task's row, so only that row is
-    projected, against the block's rows of that head — the same Pᵀ∇f at a cost that does not
-    grow with the number of heads (a per-task skip is most of a wide task set's parameters).
+    is taken with respect to exactly those parameters (the rest stay fixed).
+
+    ``per_head`` names the parameters that hold one row per head (row k: head k's, as a
+    SIGN-MLP's heads and skip do), such that the model given only row k of each computes
+    head k's logit alone. A row's gradient there is zero outside its own task's row, so each
+    row is differentiated through its own rows only and projected against the block's rows
+    of its head: the same Pᵀ∇f, at a cost that does not grow with the number of heads (a
+    per-task skip is most of a wide task set's parameters).
     """
     model.eval()
     params, buffers = split_parameters(model, projection)
-    num_heads = functional_call(model, {**params, **buffers}, (inputs[:1],)).shape[1]
-    onehot = torch.nn.functional.one_hot(tasks, num_heads).to(inputs.dtype)
-
-    def logit(trainable: dict[str, torch.Tensor], x: torch.Tensor, e: torch.Tensor):
-        return _logit(model, {**trainable, **buffers}, x, e)
-
     with torch.no_grad():
-        f0 = (functional_call(model, {**params, **buffers}, (inputs,)) * onehot).sum(dim=1)
-    per_row = vmap(grad(logit), in_dims=(None, 0, 0))(params, inputs, onehot)
+        outputs = functional_call(model, {**params, **buffers}, (inputs,))
+    f0 = outputs.gather(1, tasks[:, None])[:, 0]
+    own_params = [name for name in params if name in per_head]
+    if not own_params:
+        onehot = torch.nn.functional.one_hot(tasks, outputs.shape[1]).to(inputs.dtype)
+        f0 = (outputs * onehot).sum(dim=1)
+
+        def logit(trainable: dict[str, torch.Tensor], x: torch.Tensor, e: torch.Tensor):
+            return _logit(model, {**trainable, **buffers}, x, e)
+
+        per_row = vmap(grad(logit), in_dims=(None, 0, 0))(params, inputs, onehot)
+        return f0, sum(per_row[name].flatten(1) @ projection[name] for name in params)
+    shared = {name: value for name, value in params.items() if name not in per_head}
+    fixed = {name: value for name, value in buffers.items() if name not in per_head}
+    own = {name: params[name][tasks] for name in own_params}
+    own_fixed = {name: value[tasks] for name, value in buffers.items() if name in per_head}
+
+    def own_logit(trainable: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],
+                  fixed_rows: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        heads = {name: row.unsqueeze(0) for name, row in {**rows, **fixed_rows}.items()}
+        return functional_call(model, {**trainable, **heads, **fixed},
+                               (x.unsqueeze(0),))[0, 0]
+
+    shared_rows, own_rows = vmap(grad(own_logit, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(
+        shared, own, own_fixed, inputs)
     dim = next(iter(projection.values())).shape[1]
     projected = torch.zeros(len(tasks), dim, dtype=f0.dtype, device=f0.device)
     for name in params:
-        if name not in per_head:
-            projected = projected + per_row[name].flatten(1) @ projection[name]
+        if name in shared:
+            projected = projected + shared_rows[name].flatten(1) @ projection[name]
             continue
-        own_rows = per_row[name][torch.arange(len(tasks), device=tasks.device), tasks]
-        own_rows = own_rows.reshape(len(tasks), -1)
-        blocks = projection[name].view(num_heads, own_rows.shape[1], dim)
+        rows = own_rows[name].reshape(len(tasks), -1)
+        blocks = projection[name].view(params[name].shape[0], rows.shape[1], dim)
         for task in tasks.unique():
             chosen = tasks == task
-            projected[chosen] += own_rows[chosen] @ blocks[task]
+            projected[chosen] += rows[chosen] @ blocks[task]
     return f0, projected

@@ -39,7 +39,8 @@ class HeadOutputs(OutputRows):
 
     def vmap_gradients(self, model: nn.Module, projection: dict[str, torch.Tensor],
                        batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        per_head = [name for name in projection if name.startswith(HEAD_PARAMETERS)]
+        per_head = [name for name, _ in model.named_parameters()
+                    if name.startswith(HEAD_PARAMETERS)]
         return output_gradients(model, projection, *batch, per_head=per_head)
 
 
