@@ -1,5 +1,6 @@
 """Benchmark the projected output gradients g = Pᵀ∇θ f_task(x; θ0) (Grad-TAG, Sec. 3.1) on a
-SIGN-MLP ``--in-dim`` → ``--hidden`` → ``--heads`` (512→256→256→100), rows (example, random task).
+SIGN-MLP ``--in-dim`` → ``--hidden`` → ``--heads`` (512→256→256→100), rows (example, random
+task).
 
 Options: ``loop`` (one ``torch.autograd.grad`` call per row, the gradients stacked and projected
 by the dense P, as the reference Grad-TAG code does), ``vmap`` (``output_gradients``: vmap of

@@ -242,8 +242,8 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
             assert estimator["cost_ratio"] > 0
     assert np.isnan(figures["estimators"]["first_order"]["mean_change"])
     # the default among the variants is timed on started workers, not read from its stage
-    # (whose seconds include the workers' start, which the truth's trials do not)
-    # and it estimates what the run's own stage estimated, figure for figure
+    # (whose seconds include the workers' start, which the truth's trials do not), and it
+    # estimates what the run's own stage estimated, figure for figure
     for protocol, run in zip(PROTOCOLS, runs):
         figure = figures["estimators_by_truth"][protocol]["lookahead"]
         assert figure["estimate_seconds"] != run.stage_seconds()["estimates"]

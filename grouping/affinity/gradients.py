@@ -53,7 +53,6 @@ def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inpu
     params, buffers = split_parameters(model, projection)
     with torch.no_grad():
         outputs = functional_call(model, {**params, **buffers}, (inputs,))
-    f0 = outputs.gather(1, tasks[:, None])[:, 0]
     own_params = [name for name in params if name in per_head]
     if not own_params:
         onehot = torch.nn.functional.one_hot(tasks, outputs.shape[1]).to(inputs.dtype)
@@ -64,6 +63,7 @@ def output_gradients(model: nn.Module, projection: dict[str, torch.Tensor], inpu
 
         per_row = vmap(grad(logit), in_dims=(None, 0, 0))(params, inputs, onehot)
         return f0, sum(per_row[name].flatten(1) @ projection[name] for name in params)
+    f0 = outputs.gather(1, tasks[:, None])[:, 0]
     shared = {name: value for name, value in params.items() if name not in per_head}
     fixed = {name: value for name, value in buffers.items() if name not in per_head}
     own = {name: params[name][tasks] for name in own_params}

@@ -4,10 +4,11 @@ gradient-feature table of the base model θ0.
 An estimator is built from the ``affinity`` section of the config. The Ray layer
 (:mod:`workers.estimates`) calls :meth:`Estimator.prepare` once for all subsets, shares what
 it returns, and calls :meth:`Estimator.estimate` on batches of subsets fixed by the config,
-so that the result does not depend on the number of workers. Lower f̂ means that S helps task i more;
-what grouping reads is the ranking of a task's subsets (:mod:`grouping.affinity.aggregate`
-z-normalises each task's values), so an estimator may return a score on any scale
-(``predicts_losses = False``) instead of predicted validation losses.
+so that the result does not depend on the number of workers. Lower f̂ means that S helps
+task i more; what grouping reads is the ranking of a task's subsets
+(:mod:`grouping.affinity.aggregate` z-normalises each task's values), so an estimator may
+return a score on any scale (``predicts_losses = False``) instead of predicted validation
+losses.
 """
 
 from __future__ import annotations
