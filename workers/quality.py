@@ -188,7 +188,14 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     out = {}
     for variant, options in applicable.items():
         estimator = ESTIMATORS[options.estimator]
-        losses, seconds = _timed_estimate(subsets, rows, f0, gradients, options, config, base)
+        # Untimed: one subset per worker, so that the timed call finds them started.
+        warm = config.ray.model_copy(update={"subsets_per_batch": 1})
+        compute_subset_losses(subsets[:config.ray.num_workers], rows, f0, gradients, options,
+                              warm, base=base)
+        start = time.perf_counter()
+        losses = compute_subset_losses(subsets, rows, f0, gradients, options, config.ray,
+                                       base=base)
+        seconds = time.perf_counter() - start
         report = against_truth(losses, true, scorable, estimator.predicted_figure(options)
                                == config.true_affinity.target)
         report["estimate_seconds"] = seconds + (gradient_seconds
@@ -198,19 +205,6 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
         report["cost_ratio"] = report["estimate_seconds"] / true_seconds
         out[variant] = report
     return out
-
-
-def _timed_estimate(subsets: np.ndarray, rows: RowTable, f0: np.ndarray, gradients: np.ndarray,
-                    options: AffinityConfig, config: RunConfig, base: BaseModel
-                    ) -> tuple[np.ndarray, float]:
-    """A variant's f̂ over ``subsets`` and its wall seconds, after an untimed call on one
-    subset per worker, so that the timed call finds the workers started."""
-    warm = config.ray.model_copy(update={"subsets_per_batch": 1})
-    compute_subset_losses(subsets[:config.ray.num_workers], rows, f0, gradients, options, warm,
-                          base=base)
-    start = time.perf_counter()
-    losses = compute_subset_losses(subsets, rows, f0, gradients, options, config.ray, base=base)
-    return losses, time.perf_counter() - start
 
 
 def _variant_gradients(run: RunDirectory, config: RunConfig, base: BaseModel, rows: RowTable,
