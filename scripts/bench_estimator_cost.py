@@ -1,12 +1,13 @@
 """Cost of the training estimators' variants (lookahead, truncated) against the truth they
-rank, per subset, paired in one process on one thread: each sampled subset is truly trained
-(``true_affinity.protocol`` of the config: a group model from scratch, or θ0 fine-tuned) and
-estimated by every variant, in turn, so that every ratio is measured against a reference of
-the same run.
+rank, in one process on one thread: the sampled subsets are cut into the batches the pipeline's
+estimate stage forms (``workers.estimates.estimate_batch_size`` under the config's ``ray``
+section), and batch by batch each subset is truly trained (``true_affinity.protocol`` of the
+config: a group model from scratch, or θ0 fine-tuned) and then every variant estimates the
+batch, in turn, so that every ratio is measured against a reference of the same run.
 
 The run directory is completed up to its base stage first (reused where current). Prints the
-median seconds per subset of the truth and of each variant, and each variant's ratio to the
-truth (median over subsets of the paired ratios).
+truth's median seconds per subset and its total, and each variant's total seconds and its
+ratio to the truth's total.
 
     python scripts/bench_estimator_cost.py --config configs/snap_amazon_sub.yaml \
         --output results/bench_cost/snap_amazon_sub --subsets 8 \
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from grouping.config import ConfigError, load_config
     from grouping.models import restore, spec_from_dict
     from workers.console import quiet, say
+    from workers.estimates import estimate_batch_size
     from workers.pipeline import Pipeline, linear_start
     from workers.quality import variant_options
     from workers.runtime import init_ray
@@ -97,25 +99,32 @@ def main(argv: list[str] | None = None) -> int:
                              truth.epochs, config.seed, cpu)
 
     seconds: dict[str, list[float]] = {"truth": [], **{text: [] for text in variants}}
-    for subset in subsets:
-        start = time.perf_counter()
-        truly_train(subset)
-        seconds["truth"].append(time.perf_counter() - start)
+    batch_sizes = {text: estimate_batch_size(estimator.options, len(subsets), config.ray)
+                   for text, estimator in variants.items()}
+    batch = max(batch_sizes.values())
+    for start in range(0, len(subsets), batch):
+        chunk = subsets[start:start + batch]
+        for subset in chunk:
+            begin = time.perf_counter()
+            truly_train(subset)
+            seconds["truth"].append(time.perf_counter() - begin)
         for text, estimator in variants.items():
-            start = time.perf_counter()
-            estimator.estimate(subset[None], inputs, None, cpu)
-            seconds[text].append(time.perf_counter() - start)
+            for first in range(0, len(chunk), batch_sizes[text]):
+                begin = time.perf_counter()
+                estimator.estimate(chunk[first:first + batch_sizes[text]], inputs, None, cpu)
+                seconds[text].append(time.perf_counter() - begin)
     truth_seconds = np.array(seconds["truth"])
     figures = {"config": config.name, "protocol": truth.protocol, "subsets": len(subsets),
-               "truth_median_seconds": float(np.median(truth_seconds)), "variants": {}}
+               "truth_median_seconds": float(np.median(truth_seconds)),
+               "truth_seconds": float(truth_seconds.sum()), "variants": {}}
     say(f"{config.name}: {truth.protocol} truth {np.median(truth_seconds):.2f} s per subset "
-        f"(median of {len(subsets)})")
+        f"(median of {len(subsets)}), {truth_seconds.sum():.1f} s in all")
     for text in variants:
-        values = np.array(seconds[text])
-        ratio = float(np.median(values / truth_seconds))
-        figures["variants"][text] = {
-            "median_seconds": float(np.median(values)), "ratio_to_truth": ratio}
-        say(f"  {text}: {np.median(values):.2f} s, "
+        total = float(np.sum(seconds[text]))
+        ratio = total / float(truth_seconds.sum())
+        figures["variants"][text] = {"seconds": total, "batch_size": batch_sizes[text],
+                                     "ratio_to_truth": ratio}
+        say(f"  {text}: {total:.1f} s in batches of {batch_sizes[text]}, "
             f"{ratio:.3f} of the truth")
     write_figures(arguments.json, figures)
     return 0

@@ -170,20 +170,28 @@ def test_estimates_do_not_depend_on_workers_or_batches(ray_session, name):
 
 def test_estimators_free_of_batch_mates_give_every_worker_batches():
     """A capped run's 50 subsets make one batch of 64 for the surrogate, whose batched fit
-    depends on its batch, and at least four batches per worker for every other estimator;
-    a large run keeps ``ray.subsets_per_batch``; the size never depends on the cluster."""
+    depends on its batch, and at least four batches per worker for every other estimator
+    (rounded up to whole stacks for the lookahead); a large run keeps
+    ``ray.subsets_per_batch``; the size never depends on the cluster."""
     from workers.estimates import BATCHES_PER_WORKER, estimate_batch_size
 
     config = RayConfig(num_workers=2, subsets_per_batch=64)
     assert not ESTIMATORS["surrogate"].independent_subsets
     assert estimate_batch_size(AffinityConfig(estimator="surrogate"), 50, config) == 64
-    for name in sorted(set(ESTIMATORS) - {"surrogate"}):
+    for name in sorted(set(ESTIMATORS) - {"surrogate", "lookahead"}):
         options = AffinityConfig(estimator=name)
         size = estimate_batch_size(options, 50, config)
         assert size == 7 and -(-50 // size) >= BATCHES_PER_WORKER * config.num_workers
         assert estimate_batch_size(options, 1100, config) == 64
         assert estimate_batch_size(options, 3, config) == 1
         assert estimate_batch_size(options, 50, RayConfig(num_workers=1)) == 13
+    # the lookahead's copies are trained in stacks of 16: batches fill whole stacks
+    lookahead = AffinityConfig(estimator="lookahead")
+    assert ESTIMATORS["lookahead"].batch_multiple == 16
+    assert estimate_batch_size(lookahead, 50, config) == 16
+    assert estimate_batch_size(lookahead, 3, config) == 16
+    assert estimate_batch_size(lookahead, 1100, config) == 64
+    assert estimate_batch_size(lookahead, 50, RayConfig(subsets_per_batch=8)) == 8
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,15 @@ def estimate_batch_size(options: AffinityConfig, num_subsets: int, config: RayCo
     ``ray.subsets_per_batch`` for a batched fit (``Estimator.independent_subsets`` off),
     else at most that, and small enough that each of ``ray.num_workers`` workers gets
     :data:`BATCHES_PER_WORKER` batches — 50 subsets in one batch of 64 would keep one worker
-    busy while the others idle. Fixed by the config and the number of subsets, never by the
+    busy while the others idle; rounded up to a multiple of the estimator's
+    ``batch_multiple`` (a batch of 7 would fill a stack of 16 with copies of its last
+    subset, costing what 16 do). Fixed by the config and the number of subsets, never by the
     cluster, so that interrupted runs find their saved batches again."""
     if not ESTIMATORS[options.estimator].independent_subsets:
         return config.subsets_per_batch
     spread = math.ceil(num_subsets / (BATCHES_PER_WORKER * config.num_workers))
-    return max(1, min(config.subsets_per_batch, spread))
+    multiple = ESTIMATORS[options.estimator].batch_multiple
+    return max(1, min(config.subsets_per_batch, math.ceil(spread / multiple) * multiple))
 
 
 def _estimate_batch(estimator: Estimator, subsets: np.ndarray, rows: RowTable, f0: np.ndarray,

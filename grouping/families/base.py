@@ -87,6 +87,20 @@ class TaskFamily(ABC):
         validation criterion among epochs 0..epochs, as early stopping keeps); None, early
         stopping as ``config`` says."""
 
+    def fine_tuned_figures(self, base: nn.Module, spec: Spec, taskset: AnyTaskSet,
+                           subsets: np.ndarray, config: TrainConfig, epochs: int, seed: int,
+                           device: torch.device, keep_best: bool = False,
+                           target: TruthTarget = "loss") -> np.ndarray:
+        """[b, s] validation figures (``target``) of each subset's tasks after θ0 is fine-tuned
+        on the subset (:meth:`fine_tune` with ``epochs`` and ``keep_best``, then
+        :meth:`validation_losses`); one subset at a time here, a family may train several
+        at once."""
+        return np.stack([
+            self.validation_losses(self.fine_tune(base, spec, taskset, subset, config, epochs,
+                                                  seed, device, keep_best),
+                                   spec, taskset, subset, device, target=target)
+            for subset in np.asarray(subsets)])
+
     @abstractmethod
     def validation_losses(self, model: nn.Module, spec: Spec, taskset: AnyTaskSet,
                           tasks: np.ndarray, device: torch.device,

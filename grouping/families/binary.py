@@ -20,6 +20,7 @@ from grouping.families.base import OutputRows, TaskFamily
 from grouping.models import ModelSpec, build_model
 from grouping.models.per_task_linear import PerTaskLinear
 from grouping.models.sign_mlp import HEAD_PARAMETERS, select_heads, write_heads
+from grouping.stacked_fine_tuning import fine_tuned_figures as stacked_figures
 from grouping.tasksets import VAL, TaskSet
 from grouping.training import average_precisions, predict, train_model
 
@@ -104,6 +105,19 @@ class BinaryLabelFamily(TaskFamily):
         model = copy.deepcopy(base)
         write_heads(model, subset, tuned)
         return model
+
+    def fine_tuned_figures(self, base: nn.Module, spec: ModelSpec, taskset: TaskSet,
+                           subsets: np.ndarray, config: TrainConfig, epochs: int, seed: int,
+                           device: torch.device, keep_best: bool = False,
+                           target: TruthTarget = "loss") -> np.ndarray:
+        """The subsets' copies of θ0 trained side by side
+        (:func:`grouping.stacked_fine_tuning.fine_tuned_figures`: the same figures as
+        one subset at a time, up to float rounding); a model with dropout one at a time."""
+        if spec.dropout > 0:
+            return super().fine_tuned_figures(base, spec, taskset, subsets, config, epochs,
+                                              seed, device, keep_best, target)
+        return stacked_figures(base, spec, taskset, subsets, config, epochs, seed, device,
+                               keep_best, target)
 
     def validation_losses(self, model: nn.Module, spec: ModelSpec, taskset: TaskSet,
                           tasks: np.ndarray, device: torch.device,

@@ -94,6 +94,10 @@ class Estimator(ABC):
     batched fit, whose figures are fixed only for fixed batches of ``ray.subsets_per_batch``;
     see :func:`workers.estimates.estimate_batch_size`)."""
 
+    batch_multiple: ClassVar[int] = 1
+    """How many subsets the estimator computes together (its batches are rounded up to a
+    multiple of it: the lookahead's side-by-side copies fill stacks of this size)."""
+
     def __init__(self, options: AffinityConfig) -> None:
         self.options = options
 

@@ -14,7 +14,9 @@ truth's checkpoint rule) instead of its last state, and with ``lookahead.patienc
 once that many epochs in a row have not improved on the best, as a group model's early
 stopping does (the later epochs could only be kept by improving after them). Each lookahead
 draws its batches from seeds of its own (:data:`SEED_OFFSET`), so that it never shares a
-batch order with the error report's truth.
+batch order with the error report's truth. The family fine-tunes a batch's subsets as it
+can (:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family
+trains their copies of θ0 side by side, the same figures at a fraction of the wall time).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import numpy as np
 import torch
 
 from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, TrainingEstimator
-from grouping.affinity.true_affinity import fine_tune_subset
+from grouping.families import family_of
 from grouping.models import restore
+from grouping.stacked_fine_tuning import STACK_SIZE
 
 
 class LookaheadEstimator(TrainingEstimator):
@@ -34,6 +37,7 @@ class LookaheadEstimator(TrainingEstimator):
     default estimator)."""
 
     name = "lookahead"
+    batch_multiple = STACK_SIZE
     cost = ("lookahead.epochs epochs of fine-tuning per subset: that fraction of the "
             "fine-tune truth's epochs, plus one validation pass per epoch")
 
@@ -47,10 +51,9 @@ class LookaheadEstimator(TrainingEstimator):
             "patience": options.patience or options.epochs})
         device = torch.device(device)
         model = restore(base.spec, base.state).to(device)
+        family = family_of(base.taskset)
         seeds = base.seed + SEED_OFFSET + np.arange(options.seeds)
-        return np.stack([
-            np.mean([fine_tune_subset(model, base.spec, base.taskset, subset, training,
-                                      options.epochs, int(seed), device,
-                                      options.target, options.keep_best)["losses"]
-                     for seed in seeds], axis=0)
-            for subset in subsets])
+        return np.mean([family.fine_tuned_figures(model, base.spec, base.taskset, subsets,
+                                                  training, options.epochs, int(seed), device,
+                                                  options.keep_best, options.target)
+                        for seed in seeds], axis=0)

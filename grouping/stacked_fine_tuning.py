@@ -1,0 +1,136 @@
+"""Fine-tuning θ0 on many subsets at once: one SIGN-MLP copy per subset (its trunk and the
+subset's heads, :func:`grouping.models.sign_mlp.select_heads`), stacked along a leading
+model axis and run through one forward by ``torch.func.vmap`` over ``functional_call``
+(the ensembling recipe of ``torch.func.stack_module_state``).
+
+The copies are trained exactly as :func:`grouping.training.train_model` trains each of them
+alone with ``optimizer="adam"``: the same batch order (one generator seeded with ``seed``,
+so every copy sees the same rows in each step), the same loss per copy (each copy's mean
+positive-weighted BCE over its batch and heads), Adam on the stacked tensors (Adam is
+elementwise, so one optimizer over the stack is one Adam per copy: the sum of the copies'
+losses gives each copy's slice its own gradient), the same validation criterion per copy
+(``train.early_stopping``), the same checkpoint rule (strict improvement, ``patience``
+epochs in a row without one stop a copy; the loop ends when every copy has stopped) and the
+same final figures. Only float rounding differs (batched matrix products), which is why the
+copies are always cut into stacks of :data:`STACK_SIZE`, padded with repeats of the last
+subset: a subset's figures then do not depend on how many subsets a batch held.
+
+What it saves is the per-step overhead of a small model (Python, optimizer and kernel
+launches), which dominates a lookahead of a few epochs on a task set of a few thousand
+rows; the arithmetic per copy is the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.functional import binary_cross_entropy_with_logits
+
+from grouping.config import TrainConfig, TruthTarget
+from grouping.models.sign_mlp import ModelSpec, SignMLP, select_heads
+from grouping.tasksets import TRAIN, VAL, TaskSet
+from grouping.training import average_precisions, positive_weights
+
+STACK_SIZE = 16
+"""Copies trained together (a batch of subsets is cut into stacks of this many, the last one
+padded), fixed so that a subset's rounding never depends on its batch-mates' number."""
+
+
+def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
+                       config: TrainConfig, epochs: int, seed: int, device: torch.device,
+                       keep_best: bool, target: TruthTarget = "loss") -> np.ndarray:
+    """[b, s] validation figures (``target``: mean cross-entropy, or 1 − average precision)
+    of each subset's tasks after fine-tuning θ0 on the subset for ``epochs`` epochs, with
+    early stopping when ``keep_best`` (:func:`grouping.training.run_epochs`'s rule), as
+    :meth:`grouping.families.binary.BinaryLabelFamily.fine_tune` followed by
+    ``validation_losses`` computes them one subset at a time."""
+    if spec.dropout > 0:
+        raise ValueError("stacked fine-tuning draws no dropout masks; use the one-copy loop")
+    subsets = np.asarray(subsets)
+    figures = []
+    for start in range(0, len(subsets), STACK_SIZE):
+        stack = subsets[start:start + STACK_SIZE]
+        padded = np.concatenate([stack, np.repeat(stack[-1:], STACK_SIZE - len(stack), 0)])
+        figures.append(_fine_tune_stack(base, spec, taskset, padded, config, epochs, seed,
+                                        device, keep_best, target)[:len(stack)])
+    return np.concatenate(figures)
+
+
+def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
+                     config: TrainConfig, epochs: int, seed: int, device: torch.device,
+                     keep_best: bool, target: TruthTarget) -> np.ndarray:
+    copies = [select_heads(base, spec, subset).to(device) for subset in subsets]
+    template = copies[0]
+    params, buffers = stack_module_state(copies)
+    trainable = [value for value in params.values() if value.requires_grad]
+
+    def logits_of(state: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return vmap(lambda p, b, x: functional_call(template, (p, b), (x,)),
+                    in_dims=(0, 0, None))(state, buffers, inputs)
+
+    features = torch.tensor(taskset.features, device=device)
+    train_rows = torch.from_numpy(taskset.indices(TRAIN)).to(device)
+    val_rows = torch.from_numpy(taskset.indices(VAL)).to(device)
+    # targets[model, row, head]: each copy's own label columns
+    targets = torch.from_numpy(np.stack([taskset.labels[:, subset] for subset in subsets])
+                               .astype(np.float32)).to(device)
+    train_labels = taskset.labels[taskset.indices(TRAIN)]
+    pos_weight = torch.stack([positive_weights(train_labels[:, subset], config.pos_weight)
+                              for subset in subsets]).to(device)[:, None, :]
+    val_features, val_targets = features[val_rows], targets[:, val_rows]
+    use_ap = (config.early_stopping == "val_ap") & val_targets.flatten(1).any(1)
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+
+    @torch.no_grad()
+    def criteria() -> torch.Tensor:
+        """Each copy's validation criterion (lower is better), [models]."""
+        logits = logits_of(params, val_features)
+        losses = binary_cross_entropy_with_logits(logits, val_targets, pos_weight=pos_weight,
+                                                  reduction="none").mean((1, 2)).double()
+        precisions = average_precisions(logits.permute(1, 0, 2).flatten(1),
+                                        val_targets.permute(1, 0, 2).flatten(1))
+        mean_ap = torch.nanmean(precisions.view(len(subsets), -1), dim=1)
+        return torch.where(use_ap, 1.0 - mean_ap, losses).cpu()
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {name: value.detach().clone() for name, value in params.items()}
+
+    best_state, best = snapshot(), criteria()
+    since_best = torch.zeros(len(subsets), dtype=torch.long)
+    stopped = torch.zeros(len(subsets), dtype=torch.bool)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        order = train_rows[torch.randperm(len(train_rows), generator=generator)
+                           .to(train_rows.device)]
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start:start + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            batch_losses = binary_cross_entropy_with_logits(
+                logits_of(params, features[rows]), targets[:, rows], pos_weight=pos_weight,
+                reduction="none").mean((1, 2))
+            batch_losses.sum().backward()
+            optimizer.step()
+        if not keep_best and epoch < epochs:
+            continue
+        current = criteria()
+        improved = (current < best) & ~stopped
+        with torch.no_grad():
+            for name, value in params.items():
+                mask = improved.to(device).view(-1, *[1] * (value.dim() - 1))
+                best_state[name] = torch.where(mask, value.detach(), best_state[name])
+        best = torch.where(improved, current, best)
+        since_best = torch.where(improved, 0, since_best + 1)
+        stopped |= since_best >= config.patience
+        if keep_best and bool(stopped.all()):
+            break
+    final = best_state if keep_best else params
+    with torch.no_grad():
+        logits = logits_of(final, val_features).double()
+    labels = val_targets.double()
+    if target == "ap":
+        precisions = average_precisions(logits.permute(1, 0, 2).flatten(1),
+                                        labels.permute(1, 0, 2).flatten(1))
+        return 1.0 - np.nan_to_num(precisions.view(len(subsets), -1).cpu().numpy())
+    losses = torch.nn.functional.softplus(logits) - labels * logits
+    return losses.mean(1).cpu().numpy()

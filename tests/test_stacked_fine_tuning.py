@@ -1,0 +1,85 @@
+"""Fine-tuning θ0 on many subsets side by side gives each subset the figures of its own
+fine-tuning (one copy at a time), whatever the batch it shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from grouping.config import TrainConfig
+from grouping.families.base import TaskFamily
+from grouping.families.binary import BinaryLabelFamily
+from grouping.models import ModelSpec, build_model
+from grouping.stacked_fine_tuning import STACK_SIZE, fine_tuned_figures
+from grouping.tasksets.base import TaskSet, random_split
+
+CPU = torch.device("cpu")
+
+
+def _taskset() -> TaskSet:
+    """400 rows of 12 Gaussian features and 8 tasks of 3-40% positives."""
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((400, 12)).astype(np.float32)
+    thresholds = np.linspace(0.3, 1.9, 8)
+    labels = (features[:, :8] + 0.7 * rng.standard_normal((400, 8)) > thresholds)
+    return TaskSet(features, labels.astype(np.uint8), random_split(400, 0.5, 0.3, rng),
+                   [f"task{index}" for index in range(8)])
+
+
+def _base(dropout: float = 0.0) -> tuple[torch.nn.Module, ModelSpec]:
+    spec = ModelSpec(12, (8, 6), 8, dropout=dropout, skip=True)
+    return build_model(spec, seed=5), spec
+
+
+SUBSETS = np.array([[0, 1, 2], [3, 5, 7], [1, 4, 6], [2, 3, 7], [0, 5, 6]])
+
+
+@pytest.mark.parametrize(("early_stopping", "keep_best", "patience", "target", "lr"), [
+    ("val_ap", True, 1, "loss", 0.03),     # copies stop at different epochs
+    ("val_loss", True, 1, "loss", 0.03),
+    ("val_loss", True, 8, "ap", 0.01),
+    ("val_ap", False, 8, "loss", 0.01),    # a fixed schedule keeps the last state
+])
+def test_side_by_side_figures_are_each_subsets_own_fine_tuning(early_stopping, keep_best,
+                                                               patience, target, lr):
+    taskset = _taskset()
+    base, spec = _base()
+    config = TrainConfig(lr=lr, batch_size=32, patience=patience, pos_weight="sqrt",
+                         early_stopping=early_stopping)
+    family = BinaryLabelFamily()
+    one_at_a_time = TaskFamily.fine_tuned_figures(family, base, spec, taskset, SUBSETS,
+                                                  config, 8, 11, CPU, keep_best, target)
+    side_by_side = family.fine_tuned_figures(base, spec, taskset, SUBSETS, config, 8, 11, CPU,
+                                             keep_best, target)
+    assert side_by_side.shape == (len(SUBSETS), 3)
+    np.testing.assert_allclose(side_by_side, one_at_a_time, rtol=1e-5, atol=1e-7)
+    untuned = family.validation_losses(base, spec, taskset, np.arange(8), CPU, target=target)
+    assert not np.allclose(side_by_side, untuned[SUBSETS])  # the copies did train
+
+
+def test_a_subsets_figures_do_not_depend_on_its_batch_mates():
+    taskset = _taskset()
+    base, spec = _base()
+    config = TrainConfig(lr=0.01, batch_size=32, patience=2, pos_weight="sqrt",
+                         early_stopping="val_ap")
+    many = np.concatenate([SUBSETS] * 4)  # more than one stack
+    assert len(many) > STACK_SIZE
+    together = fine_tuned_figures(base, spec, taskset, many, config, 4, 2, CPU, True)
+    for index in (0, 3, len(many) - 1):
+        alone = fine_tuned_figures(base, spec, taskset, many[index:index + 1], config, 4, 2,
+                                   CPU, True)
+        assert np.array_equal(alone[0], together[index])
+
+
+def test_a_model_with_dropout_is_fine_tuned_one_copy_at_a_time():
+    taskset = _taskset()
+    base, spec = _base(dropout=0.2)
+    config = TrainConfig(lr=0.01, batch_size=32, patience=3)
+    with pytest.raises(ValueError, match="dropout"):
+        fine_tuned_figures(base, spec, taskset, SUBSETS, config, 2, 0, CPU, True)
+    family = BinaryLabelFamily()
+    np.testing.assert_array_equal(
+        family.fine_tuned_figures(base, spec, taskset, SUBSETS, config, 2, 0, CPU, True),
+        TaskFamily.fine_tuned_figures(family, base, spec, taskset, SUBSETS, config, 2, 0, CPU,
+                                      True))
