@@ -215,6 +215,7 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
     settings = BenchmarkSettings(max_subsets=60, repeat_subsets=20, seeds=2, random_seeds=2,
                                  single_task_max_tasks=0,
                                  variants=("lookahead", "surrogate", "first_order",
+                                           "first_order:projection_dim=40",
                                            "label_overlap"))
     figures = benchmark_config(path, tmp_path / "bench", settings)
     assert max(figures["ari_planted_oracle"].values()) >= 0.9
@@ -223,8 +224,11 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
     runs = [RunDirectory(tmp_path / "bench" / protocol, True) for protocol in PROTOCOLS]
     assert runs[0].load_array("gradients/features.npy").shape[1] == 0
     assert os.path.samefile(runs[0].file(VARIANT_GRADIENTS), runs[1].file(VARIANT_GRADIENTS))
-    assert runs[0].load_array(VARIANT_GRADIENTS).shape == (
-        len(runs[0].load_arrays("gradients/rows.npz")["example"]), 400)
+    num_rows = len(runs[0].load_arrays("gradients/rows.npz")["example"])
+    assert runs[0].load_array(VARIANT_GRADIENTS).shape == (num_rows, 400)
+    # a variant of another projection dimension reads a table of its own width
+    assert runs[0].load_array("benchmark/gradient_features_dense_40_2048.npy").shape == (
+        num_rows, 40)
     rows = {row["grouping"]: row for row in figures["rows"]}
     assert {"all-in-one", "estimated groups", "random groups", "per-task logistic",
             "oracle groups (from-scratch truth)", "oracle groups (fine-tune truth)"} <= set(rows)
@@ -233,7 +237,7 @@ def test_benchmark_on_a_planted_task_set_recovers_the_families(ray_session, tmp_
     assert rows["per-task logistic"]["se_test_f1"] == 0.0
     assert figures["default_estimator"] == "lookahead"
     assert set(figures["estimators"]) == {"lookahead", "surrogate", "first_order",
-                                          "label_overlap"}
+                                          "first_order:projection_dim=40", "label_overlap"}
     for estimators in figures["estimators_by_truth"].values():
         floors = {estimator["noise_floor"] for estimator in estimators.values()}
         assert len(floors) == 1 and floors.pop() <= 1

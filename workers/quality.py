@@ -63,6 +63,9 @@ VARIANT_GRADIENTS = "benchmark/gradient_features.npy"
 VARIANT_GRADIENT_SECONDS = "benchmark/gradient_seconds.json"
 """The projected gradients of the run's rows for estimator variants that read them, where
 the run's own estimator reads none, and the seconds they took."""
+PROJECTION_FIELDS = ("projection", "projection_dim", "intermediate_dim")
+"""The ``affinity`` fields that decide a gradient table: a variant that sets one of them
+(``surrogate:projection_dim=2000``) reads a table of its own, computed once per run."""
 TRUTH_FIGURES = ("noise_floor", *ROOM_FIGURES)
 """The truth's own figures (error_report.json's ``true_*``): its agreement between two
 seeds and the room it leaves for grouping (:func:`grouping.affinity.error_report.
@@ -182,12 +185,15 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     applicable = {variant: variant_options(config, variant) for variant in variants}
     applicable = {variant: options for variant, options in applicable.items()
                   if ESTIMATORS[options.estimator].applies_to(family_of(taskset))}
-    gradients, gradient_seconds = _variant_gradients(
-        run, config, base, rows, any(ESTIMATORS[options.estimator].uses_gradient_features
-                                     for options in applicable.values()))
+    tables: dict[tuple, tuple[np.ndarray, float]] = {}
     out = {}
     for variant, options in applicable.items():
         estimator = ESTIMATORS[options.estimator]
+        key = (_projection(options) if estimator.uses_gradient_features else None)
+        if key not in tables:
+            tables[key] = _variant_gradients(run, config, base, rows, options,
+                                             estimator.uses_gradient_features)
+        gradients, gradient_seconds = tables[key]
         # Untimed: one subset per worker, so that the timed call finds them started.
         warm = config.ray.model_copy(update={"subsets_per_batch": 1})
         compute_subset_losses(subsets[:config.ray.num_workers], rows, f0, gradients, options,
@@ -207,25 +213,35 @@ def variant_reports(run: RunDirectory, config: RunConfig, taskset: AnyTaskSet,
     return out
 
 
+def _projection(options: AffinityConfig) -> tuple:
+    return tuple(getattr(options, name) for name in PROJECTION_FIELDS)
+
+
 def _variant_gradients(run: RunDirectory, config: RunConfig, base: BaseModel, rows: RowTable,
-                       needed: bool) -> tuple[np.ndarray, float]:
-    """The gradient features the variants read and the seconds they cost: the run's own, or,
-    where the run's estimator reads none (its gradients stage wrote a table of width 0) and
-    a variant does, the config's projection of the same rows computed here once and kept in
-    the run directory (:data:`VARIANT_GRADIENTS`)."""
+                       options: AffinityConfig, needed: bool) -> tuple[np.ndarray, float]:
+    """The gradient features a variant of ``options`` reads and the seconds they cost: the
+    run's own where the variant's projection (:data:`PROJECTION_FIELDS`) is the run's and the
+    run computed them; otherwise the variant's projection of the same rows, computed here
+    once and kept in the run directory (:data:`VARIANT_GRADIENTS` for the config's
+    projection, where the run's estimator reads none and its gradients stage wrote a table
+    of width 0; a name with the projection's fields for another)."""
     gradients = run.load_array(run_files.GRADIENT_FEATURES, mmap=True)
-    if gradients.shape[1] > 0 or not needed:
+    own = _projection(options) == _projection(config.affinity)
+    if not needed or (own and gradients.shape[1] > 0):
         return gradients, run.stage_seconds()["gradients"]
-    if not run.file(VARIANT_GRADIENTS).is_file():
-        options = config.affinity
+    table, seconds = VARIANT_GRADIENTS, VARIANT_GRADIENT_SECONDS
+    if not own:
+        name = "_".join(str(value) for value in _projection(options)).replace("+", "_")
+        table = f"benchmark/gradient_features_{name}.npy"
+        seconds = f"benchmark/gradient_seconds_{name}.json"
+    if not run.file(table).is_file():
         shape = (len(rows.example), feature_dim(options.projection, options.projection_dim))
         start = time.perf_counter()
-        with run.array_writer(VARIANT_GRADIENTS, shape, np.float32) as projected:
+        with run.array_writer(table, shape, np.float32) as projected:
             compute_gradient_features(base.spec, base.state, base.taskset, rows.example,
                                       rows.task, options, config.seed, config.ray, projected)
-        run.write_json(VARIANT_GRADIENT_SECONDS, time.perf_counter() - start)
-    return (run.load_array(VARIANT_GRADIENTS, mmap=True),
-            float(run.read_json(VARIANT_GRADIENT_SECONDS)))
+        run.write_json(seconds, time.perf_counter() - start)
+    return run.load_array(table, mmap=True), float(run.read_json(seconds))
 
 
 def _share_variant_gradients(source: RunDirectory, target: RunDirectory) -> None:
