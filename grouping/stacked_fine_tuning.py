@@ -39,19 +39,22 @@ padded), fixed so that a subset's rounding never depends on its batch-mates' num
 
 def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
                        config: TrainConfig, epochs: int, seed: int, device: torch.device,
-                       keep_best: bool, target: TruthTarget = "loss") -> np.ndarray:
+                       keep_best: bool, target: TruthTarget = "loss",
+                       stack_size: int = STACK_SIZE) -> np.ndarray:
     """[b, s] validation figures (``target``: mean cross-entropy, or 1 − average precision)
     of each subset's tasks after fine-tuning θ0 on the subset for ``epochs`` epochs, with
     early stopping when ``keep_best`` (:func:`grouping.training.run_epochs`'s rule), as
     :meth:`grouping.families.binary.BinaryLabelFamily.fine_tune` followed by
-    ``validation_losses`` computes them one subset at a time."""
+    ``validation_losses`` computes them one subset at a time; ``stack_size`` copies at a
+    time (another size than :data:`STACK_SIZE` only for benchmarks: the figures then differ
+    from the pipeline's in float rounding)."""
     if spec.dropout > 0:
         raise ValueError("stacked fine-tuning draws no dropout masks; use the one-copy loop")
     subsets = np.asarray(subsets)
     figures = []
-    for start in range(0, len(subsets), STACK_SIZE):
-        stack = subsets[start:start + STACK_SIZE]
-        padded = np.concatenate([stack, np.repeat(stack[-1:], STACK_SIZE - len(stack), 0)])
+    for start in range(0, len(subsets), stack_size):
+        stack = subsets[start:start + stack_size]
+        padded = np.concatenate([stack, np.repeat(stack[-1:], stack_size - len(stack), 0)])
         figures.append(_fine_tune_stack(base, spec, taskset, padded, config, epochs, seed,
                                         device, keep_best, target)[:len(stack)])
     return np.concatenate(figures)

@@ -227,3 +227,16 @@ def test_the_quality_benchmark_refuses_a_cap_for_a_config_it_does_not_run(tmp_pa
         capture_output=True, text=True, timeout=300)
     line = _refused(result)
     assert "--max-subsets" in line and "'snap_dblp_sub'" in line and not workdir.exists()
+
+
+def test_the_stacked_lookahead_benchmark_refuses_an_empty_stack(tmp_path):
+    """A stack size below 1 is refused in one line naming the option, before any run
+    directory is made."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(small_sbm_config()))
+    output = tmp_path / "stacks"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_stacked_lookahead.py"), "--config",
+         str(config), "--output", str(output), "--stack-sizes", "16", "0"],
+        capture_output=True, text=True, timeout=300)
+    assert "--stack-sizes" in _refused(result) and not output.exists()
