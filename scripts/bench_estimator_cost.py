@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.bench_cli import add_common_arguments, write_figures  # noqa: E402
+from scripts.bench_cli import add_common_arguments, base_run, write_figures  # noqa: E402
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -49,19 +49,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    from grouping import run_files
     from grouping.affinity.estimators import BaseModel, EstimatorInputs, make_estimator
     from grouping.affinity.estimators.base import TrainingEstimator
     from grouping.affinity.subsets import sample_subsets
     from grouping.affinity.true_affinity import fine_tune_subset, train_subset_from_scratch
-    from grouping.artifacts import RunDirectory
     from grouping.config import ConfigError, load_config
-    from grouping.models import restore, spec_from_dict
-    from workers.console import quiet, say
+    from grouping.models import restore
+    from workers.console import say
     from workers.estimates import estimate_batch_size
-    from workers.pipeline import Pipeline, linear_start
+    from workers.pipeline import linear_start
     from workers.quality import variant_options
-    from workers.runtime import init_ray
 
     try:
         config = load_config(arguments.config, arguments.set)
@@ -74,14 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run = RunDirectory(arguments.output, arguments.output.is_dir())
-    quiet(run.file(f"logs/bench-estimator-cost-{time.strftime('%Y%m%d-%H%M%S')}.log"))
-    init_ray(None)
-    pipeline = Pipeline(config, run, arguments.output.is_dir())
-    pipeline.execute("base")
+    run, pipeline, spec, state = base_run(arguments.output, config, "bench-estimator-cost")
     taskset = pipeline.taskset
-    saved = run.load_torch(run_files.BASE_MODEL)
-    spec, state = spec_from_dict(saved["spec"]), saved["state"]
     linear = linear_start(run, config, pipeline.family)
     base = BaseModel(taskset, spec, state, config.fine_tuning(), config.seed, config, linear)
     inputs = EstimatorInputs(None, None, None, base)

@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.bench_cli import add_common_arguments, limit_threads, write_figures  # noqa: E402
+from scripts.bench_cli import (  # noqa: E402
+    add_common_arguments,
+    base_run,
+    limit_threads,
+    write_figures,
+)
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -47,17 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     import torch
 
-    from grouping import run_files
     from grouping.affinity.estimators.base import SEED_OFFSET
+    from grouping.affinity.estimators.lookahead import LookaheadEstimator
     from grouping.affinity.subsets import sample_subsets
-    from grouping.artifacts import RunDirectory
     from grouping.config import ConfigError, load_config
     from grouping.families import TaskFamily
-    from grouping.models import restore, spec_from_dict
+    from grouping.models import restore
     from grouping.stacked_fine_tuning import fine_tuned_figures
-    from workers.console import quiet, say
-    from workers.pipeline import Pipeline
-    from workers.runtime import init_ray
+    from workers.console import say
 
     try:
         config = load_config(arguments.config, arguments.set)
@@ -67,21 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(size < 1 for size in arguments.stack_sizes):
         print("error: --stack-sizes: every size must be at least 1", file=sys.stderr)
         return 2
-    run = RunDirectory(arguments.output, arguments.output.is_dir())
-    quiet(run.file(f"logs/bench-stacked-lookahead-{time.strftime('%Y%m%d-%H%M%S')}.log"))
-    init_ray(None)
-    pipeline = Pipeline(config, run, arguments.output.is_dir())
-    pipeline.execute("base")
+    _, pipeline, spec, state = base_run(arguments.output, config, "bench-stacked-lookahead")
     limit_threads(arguments)
     taskset, family = pipeline.taskset, pipeline.family
-    saved = run.load_torch(run_files.BASE_MODEL)
-    spec = spec_from_dict(saved["spec"])
-    base = restore(spec, saved["state"])
+    base = restore(spec, state)
     options = config.affinity.lookahead
-    training = config.fine_tuning()
-    training = training.model_copy(update={
-        "lr": options.lr or training.lr, "batch_size": options.batch_size or training.batch_size,
-        "patience": options.patience or options.epochs})
+    training = LookaheadEstimator(config.affinity).schedule(config.fine_tuning())
     subsets = sample_subsets(taskset.num_tasks, config.affinity.subset_size, arguments.subsets,
                              config.seed)
     seed, cpu = config.seed + SEED_OFFSET, torch.device("cpu")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, TrainingEstimator
+from grouping.config import TrainConfig
 from grouping.families import family_of
 from grouping.models import restore
 from grouping.stacked_fine_tuning import STACK_SIZE
@@ -41,14 +42,21 @@ class LookaheadEstimator(TrainingEstimator):
     cost = ("lookahead.epochs epochs of fine-tuning per subset: that fraction of the "
             "fine-tune truth's epochs, plus one validation pass per epoch")
 
+    def schedule(self, fine_tuning: TrainConfig) -> TrainConfig:
+        """The fine-tuning settings of a lookahead: ``fine_tuning``'s, with the learning rate,
+        batch size and patience of ``lookahead`` where it sets them (patience: none within
+        ``lookahead.epochs`` unless it is set)."""
+        options = self.options.lookahead
+        return fine_tuning.model_copy(update={
+            "lr": options.lr or fine_tuning.lr,
+            "batch_size": options.batch_size or fine_tuning.batch_size,
+            "patience": options.patience or options.epochs})
+
     def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,
                  device: torch.device | str = "cpu") -> np.ndarray:
         base = inputs.base
         options = self.options.lookahead
-        training = base.training.model_copy(update={
-            "lr": options.lr or base.training.lr,
-            "batch_size": options.batch_size or base.training.batch_size,
-            "patience": options.patience or options.epochs})
+        training = self.schedule(base.training)
         device = torch.device(device)
         model = restore(base.spec, base.state).to(device)
         family = family_of(base.taskset)
