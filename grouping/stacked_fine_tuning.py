@@ -30,7 +30,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from grouping.config import TrainConfig, TruthTarget
 from grouping.models.sign_mlp import ModelSpec, SignMLP, select_heads
 from grouping.tasksets import TRAIN, VAL, TaskSet
-from grouping.training import average_precisions, positive_weights
+from grouping.training import average_precisions, positive_weights, validation_figures
 
 STACK_SIZE = 16
 """Copies trained together (a batch of subsets is cut into stacks of this many, the last one
@@ -82,7 +82,8 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
     pos_weight = torch.stack([positive_weights(train_labels[:, subset], config.pos_weight)
                               for subset in subsets]).to(device)[:, None, :]
     val_features, val_targets = features[val_rows], targets[:, val_rows]
-    use_ap = (config.early_stopping == "val_ap") & val_targets.flatten(1).any(1)
+    reads_ap = config.early_stopping == "val_ap"
+    use_ap = reads_ap & val_targets.flatten(1).any(1)
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
     @torch.no_grad()
@@ -91,6 +92,8 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
         logits = logits_of(params, val_features)
         losses = binary_cross_entropy_with_logits(logits, val_targets, pos_weight=pos_weight,
                                                   reduction="none").mean((1, 2)).double()
+        if not reads_ap:
+            return losses.cpu()
         precisions = average_precisions(logits.permute(1, 0, 2).flatten(1),
                                         val_targets.permute(1, 0, 2).flatten(1))
         mean_ap = torch.nanmean(precisions.view(len(subsets), -1), dim=1)
@@ -99,11 +102,11 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
     def snapshot() -> dict[str, torch.Tensor]:
         return {name: value.detach().clone() for name, value in params.items()}
 
-    best_state, best = snapshot(), criteria()
+    best_state, best = (snapshot(), criteria()) if keep_best else ({}, None)
     since_best = torch.zeros(len(subsets), dtype=torch.long)
     stopped = torch.zeros(len(subsets), dtype=torch.bool)
     generator = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
+    for _ in range(epochs):
         order = train_rows[torch.randperm(len(train_rows), generator=generator)
                            .to(train_rows.device)]
         for start in range(0, len(order), config.batch_size):
@@ -114,7 +117,7 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
                 reduction="none").mean((1, 2))
             batch_losses.sum().backward()
             optimizer.step()
-        if not keep_best and epoch < epochs:
+        if not keep_best:  # a fixed schedule keeps its last state: nothing to evaluate
             continue
         current = criteria()
         improved = (current < best) & ~stopped
@@ -125,15 +128,12 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
         best = torch.where(improved, current, best)
         since_best = torch.where(improved, 0, since_best + 1)
         stopped |= since_best >= config.patience
-        if keep_best and bool(stopped.all()):
+        if bool(stopped.all()):
             break
     final = best_state if keep_best else params
     with torch.no_grad():
         logits = logits_of(final, val_features).double()
-    labels = val_targets.double()
-    if target == "ap":
-        precisions = average_precisions(logits.permute(1, 0, 2).flatten(1),
-                                        labels.permute(1, 0, 2).flatten(1))
-        return 1.0 - np.nan_to_num(precisions.view(len(subsets), -1).cpu().numpy())
-    losses = torch.nn.functional.softplus(logits) - labels * logits
-    return losses.mean(1).cpu().numpy()
+    # one column per (copy, head), as the one-copy figure of each copy's heads
+    figures = validation_figures(logits.permute(1, 0, 2).flatten(1),
+                                 val_targets.double().permute(1, 0, 2).flatten(1), target)
+    return figures.reshape(len(subsets), -1)

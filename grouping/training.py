@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from grouping.config import OptimizerName, PositiveWeighting, TrainConfig
+from grouping.config import OptimizerName, PositiveWeighting, TrainConfig, TruthTarget
 from grouping.optim import ADATASK_OPTIMIZERS, AdamTaskSplit, DominanceTracker, task_gradients
 from grouping.tasksets import TRAIN, VAL, TaskSet
 
@@ -102,6 +102,17 @@ def average_precisions(scores: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     precision_sum = (new_hits * hits / ranks[:, None]).sum(0)
     return torch.where(positives > 0, precision_sum / positives.clamp(min=1),
                        torch.full_like(positives, float("nan")))
+
+
+def validation_figures(logits: torch.Tensor, labels: torch.Tensor,
+                       target: TruthTarget = "loss") -> np.ndarray:
+    """Each column's figure from logits and 0/1 labels [n, k] (float64): its mean
+    cross-entropy (``target: loss``) or 1 − its average precision (``ap``; 1 for a column
+    without a positive, a constant that ranks nothing)."""
+    if target == "ap":
+        return 1.0 - np.nan_to_num(average_precisions(logits, labels).cpu().numpy())
+    losses = torch.nn.functional.softplus(logits) - labels * logits
+    return losses.mean(0).cpu().numpy()
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:

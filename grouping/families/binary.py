@@ -22,7 +22,7 @@ from grouping.models.per_task_linear import PerTaskLinear
 from grouping.models.sign_mlp import HEAD_PARAMETERS, select_heads, write_heads
 from grouping.stacked_fine_tuning import fine_tuned_figures as stacked_figures
 from grouping.tasksets import VAL, TaskSet
-from grouping.training import average_precisions, predict, train_model
+from grouping.training import predict, train_model, validation_figures
 
 
 class HeadOutputs(OutputRows):
@@ -132,10 +132,7 @@ class BinaryLabelFamily(TaskFamily):
                          torch.tensor(taskset.features[val], device=device)).double()
         labels = torch.tensor(taskset.labels[np.ix_(val, tasks)], dtype=torch.float64,
                               device=device)
-        if target == "ap":
-            return 1.0 - np.nan_to_num(average_precisions(logits, labels).cpu().numpy())
-        losses = torch.nn.functional.softplus(logits) - labels * logits
-        return losses.mean(0).cpu().numpy()
+        return validation_figures(logits, labels, target)
 
     def output_rows(self, model: nn.Module, spec: ModelSpec, taskset: TaskSet,
                     device: torch.device) -> HeadOutputs:
