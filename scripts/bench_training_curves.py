@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from grouping.models.per_task_linear import fit_per_task_linear
     from grouping.tasksets import TEST, TRAIN, VAL, build_taskset
     from grouping.training import (
-        average_precisions,
         make_step,
+        mean_average_precision,
         positive_weights,
         predict,
         run_epochs,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def mean_ap(model: torch.nn.Module, split: int) -> float:
         logits = predict(model, features[rows[split]])
-        return float(torch.nanmean(average_precisions(logits, targets[rows[split]])))
+        return mean_average_precision(logits, targets[rows[split]])
 
     figures: dict = {"config": first.name, "epochs": arguments.epochs, "variants": {}}
     for name, config in configs.items():
