@@ -314,7 +314,7 @@ class TrainConfig(_Strict):
 
 
 EstimatorName = Literal["surrogate", "first_order", "label_overlap", "lookahead",
-                        "truncated"]
+                        "task_curves", "truncated"]
 
 
 class FirstOrderConfig(_Strict):
@@ -350,6 +350,21 @@ class LookaheadConfig(_Strict):
     patience: int | None = Field(None, ge=1)
 
 
+class TaskCurvesConfig(_Strict):
+    """The task-curves estimator (grouping.affinity.estimators.task_curves): θ0 fine-tuned on
+    each task alone for ``epochs`` epochs at ``lr`` (null: the fine-tuning rate) in
+    mini-batches of ``batch_size`` rows (null: train.batch_size), each task's validation
+    curve recorded; f̂(S, i) is task i's ``target`` at the epoch S's early stopping keeps
+    when it reads the mean of S's curves (``train.early_stopping``; ``patience``: that many
+    epochs in a row without improvement end it, null: none within ``epochs``)."""
+
+    epochs: int = Field(8, ge=1)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    target: TruthTarget = "loss"
+    patience: int | None = Field(None, ge=1)
+
+
 class TruncatedConfig(_Strict):
     """The truncated estimator (grouping.affinity.estimators.truncated): a fresh group model
     on each subset trained exactly as the from-scratch truth trains it (the comparison's
@@ -378,6 +393,8 @@ class AffinityConfig(_Strict):
     S (``first_order``); ``label_overlap``, the overlap of the training positives of i with
     those of S's other tasks (binary-label task sets only; no model); ``lookahead``, task
     i's validation loss after a short real fine-tuning of θ0 on S (``lookahead``);
+    ``task_curves``, task i's validation loss on its own fine-tuning curve at the epoch where
+    S's early stopping, reading S's tasks' curves, stops (``task_curves``);
     ``truncated``, task i's validation loss after the truth's own training of a fresh model
     on S, cut short (``truncated``).
 
@@ -407,6 +424,7 @@ class AffinityConfig(_Strict):
     estimator: EstimatorName = "lookahead"
     first_order: FirstOrderConfig = FirstOrderConfig()
     lookahead: LookaheadConfig = LookaheadConfig()
+    task_curves: TaskCurvesConfig = TaskCurvesConfig()
     truncated: TruncatedConfig = TruncatedConfig()
     projection: Literal["dense", "kronecker", "kronecker+dense"] = "dense"
     intermediate_dim: int = Field(2048, ge=4)
@@ -623,10 +641,16 @@ class RunConfig(_Strict):
                              "its validation loss (remove the field)")
         for field, target in (("true_affinity.target", self.true_affinity.target),
                               ("affinity.lookahead.target", self.affinity.lookahead.target),
+                              ("affinity.task_curves.target",
+                               self.affinity.task_curves.target),
                               ("affinity.truncated.target", self.affinity.truncated.target)):
             if isinstance(self.taskset, InstructionsTaskSetConfig) and target == "ap":
                 raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
                                  "instructions task set's truth is its answer loss (use 'loss')")
+        if self.affinity.estimator == "task_curves" and self.model.dropout > 0:
+            raise ValueError("affinity.estimator: task_curves trains its copies side by side, "
+                             "which draws no dropout masks; set model.dropout: 0 or pick "
+                             "another estimator")
         graph = isinstance(self.taskset, SBMTaskSetConfig | SnapTaskSetConfig)
         if self.features.propagated_labels.enabled and not graph:
             raise ValueError("features.propagated_labels.enabled: applies to graph task sets "

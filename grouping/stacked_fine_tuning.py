@@ -22,6 +22,8 @@ rows; the arithmetic per copy is the same.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
@@ -60,69 +62,156 @@ def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets
     return np.concatenate(figures)
 
 
+@dataclass(frozen=True)
+class FineTuningCurves:
+    """Each of ``tasks``' validation curve when θ0 is fine-tuned on that task alone, at
+    epochs 0..E ([tasks, E + 1] each): its average precision (NaN without a validation
+    positive), its positive-weighted mean BCE (what the ``val_loss`` criterion averages) and
+    its figure (``target``)."""
+
+    tasks: np.ndarray
+    precision: np.ndarray
+    weighted_loss: np.ndarray
+    figure: np.ndarray
+
+
+def fine_tuning_curves(base: SignMLP, spec: ModelSpec, taskset: TaskSet, tasks: np.ndarray,
+                       config: TrainConfig, epochs: int, seed: int, device: torch.device,
+                       target: TruthTarget = "loss",
+                       stack_size: int = STACK_SIZE) -> FineTuningCurves:
+    """The :class:`FineTuningCurves` of ``tasks``: one copy of θ0 per task (its trunk, head
+    and skip row) trained side by side for ``epochs`` epochs as :func:`fine_tuned_figures`
+    trains a subset's copy (one batch order from ``seed``, Adam at ``config.lr``), every copy
+    evaluated after each epoch; ``stack_size`` copies at a time, the last stack padded."""
+    if spec.dropout > 0:
+        raise ValueError("stacked fine-tuning draws no dropout masks; use a model without "
+                         "dropout")
+    tasks = np.asarray(tasks)
+    parts: list[tuple[np.ndarray, ...]] = []
+    for start in range(0, len(tasks), stack_size):
+        chunk = tasks[start:start + stack_size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], stack_size - len(chunk))])
+        stack = _StackedCopies(base, spec, taskset, padded[:, None], config, device)
+        generator = torch.Generator().manual_seed(seed)
+        epochs_seen = []
+        for epoch in range(epochs + 1):
+            if epoch:
+                stack.train_epoch(generator)
+            logits = stack.validation_logits()
+            epochs_seen.append((stack.precisions(logits)[:, 0].cpu().numpy(),
+                                stack.weighted_losses(logits).mean(1)[:, 0].double()
+                                .cpu().numpy(),
+                                stack.figures(logits, target)[:, 0]))
+        parts.append(tuple(np.stack(series, axis=1)[:len(chunk)]
+                           for series in zip(*epochs_seen, strict=True)))
+    precision, weighted_loss, figure = (np.concatenate(series)
+                                        for series in zip(*parts, strict=True))
+    return FineTuningCurves(tasks, precision, weighted_loss, figure)
+
+
+class _StackedCopies:
+    """One copy of θ0 per row of ``subsets`` (its trunk and that subset's heads), stacked,
+    with each copy's training and validation targets, positive weights and Adam."""
+
+    def __init__(self, base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
+                 config: TrainConfig, device: torch.device) -> None:
+        copies = [select_heads(base, spec, subset).to(device) for subset in subsets]
+        self.template = copies[0]
+        self.params, self.buffers = stack_module_state(copies)
+        self.config = config
+        self.features = torch.tensor(taskset.features, device=device)
+        self.train_rows = torch.from_numpy(taskset.indices(TRAIN)).to(device)
+        val_rows = torch.from_numpy(taskset.indices(VAL)).to(device)
+        # targets[model, row, head]: each copy's own label columns
+        self.targets = torch.from_numpy(np.stack([taskset.labels[:, subset]
+                                                  for subset in subsets])
+                                        .astype(np.float32)).to(device)
+        train_labels = taskset.labels[taskset.indices(TRAIN)]
+        self.pos_weight = torch.stack([positive_weights(train_labels[:, subset],
+                                                        config.pos_weight)
+                                       for subset in subsets]).to(device)[:, None, :]
+        self.val_features, self.val_targets = self.features[val_rows], self.targets[:, val_rows]
+        trainable = [value for value in self.params.values() if value.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=config.lr,
+                                          weight_decay=config.weight_decay)
+
+    def logits(self, state: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """[models, rows, heads] logits of every copy under ``state`` (stacked parameters)."""
+        return vmap(lambda p, b, x: functional_call(self.template, (p, b), (x,)),
+                    in_dims=(0, 0, None))(state, self.buffers, inputs)
+
+    def train_epoch(self, generator: torch.Generator) -> None:
+        """One epoch of every copy over the training rows, in one batch order drawn from
+        ``generator``: each copy's mean positive-weighted BCE over its batch and heads."""
+        order = self.train_rows[torch.randperm(len(self.train_rows), generator=generator)
+                                .to(self.train_rows.device)]
+        for start in range(0, len(order), self.config.batch_size):
+            rows = order[start:start + self.config.batch_size]
+            self.optimizer.zero_grad(set_to_none=True)
+            batch_losses = binary_cross_entropy_with_logits(
+                self.logits(self.params, self.features[rows]), self.targets[:, rows],
+                pos_weight=self.pos_weight, reduction="none").mean((1, 2))
+            batch_losses.sum().backward()
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def validation_logits(self, state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """[models, validation rows, heads] logits under ``state`` (default: the current)."""
+        return self.logits(self.params if state is None else state, self.val_features)
+
+    def weighted_losses(self, logits: torch.Tensor) -> torch.Tensor:
+        """[models, validation rows, heads] positive-weighted BCE of each copy's heads (what
+        the ``val_loss`` criterion averages)."""
+        return binary_cross_entropy_with_logits(logits, self.val_targets,
+                                                pos_weight=self.pos_weight, reduction="none")
+
+    def precisions(self, logits: torch.Tensor) -> torch.Tensor:
+        """[models, heads] validation average precision of each copy's heads (NaN without a
+        validation positive)."""
+        return average_precisions(logits.permute(1, 0, 2).flatten(1),
+                                  self.val_targets.permute(1, 0, 2).flatten(1)
+                                  ).view(len(logits), -1)
+
+    def figures(self, logits: torch.Tensor, target: TruthTarget) -> np.ndarray:
+        """[models, heads] validation figures (``target``) of each copy's heads, one column
+        per (copy, head) as the one-copy figure of each copy's heads."""
+        figures = validation_figures(logits.double().permute(1, 0, 2).flatten(1),
+                                     self.val_targets.double().permute(1, 0, 2).flatten(1),
+                                     target)
+        return figures.reshape(len(logits), -1)
+
+
 def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
                      config: TrainConfig, epochs: int, seed: int, device: torch.device,
                      keep_best: bool, target: TruthTarget) -> np.ndarray:
-    copies = [select_heads(base, spec, subset).to(device) for subset in subsets]
-    template = copies[0]
-    params, buffers = stack_module_state(copies)
-    trainable = [value for value in params.values() if value.requires_grad]
-
-    def logits_of(state: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-        return vmap(lambda p, b, x: functional_call(template, (p, b), (x,)),
-                    in_dims=(0, 0, None))(state, buffers, inputs)
-
-    features = torch.tensor(taskset.features, device=device)
-    train_rows = torch.from_numpy(taskset.indices(TRAIN)).to(device)
-    val_rows = torch.from_numpy(taskset.indices(VAL)).to(device)
-    # targets[model, row, head]: each copy's own label columns
-    targets = torch.from_numpy(np.stack([taskset.labels[:, subset] for subset in subsets])
-                               .astype(np.float32)).to(device)
-    train_labels = taskset.labels[taskset.indices(TRAIN)]
-    pos_weight = torch.stack([positive_weights(train_labels[:, subset], config.pos_weight)
-                              for subset in subsets]).to(device)[:, None, :]
-    val_features, val_targets = features[val_rows], targets[:, val_rows]
+    stack = _StackedCopies(base, spec, taskset, subsets, config, device)
     reads_ap = config.early_stopping == "val_ap"
-    use_ap = reads_ap & val_targets.flatten(1).any(1)
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    use_ap = reads_ap & stack.val_targets.flatten(1).any(1)
 
-    @torch.no_grad()
     def criteria() -> torch.Tensor:
         """Each copy's validation criterion (lower is better), [models]."""
-        logits = logits_of(params, val_features)
-        losses = binary_cross_entropy_with_logits(logits, val_targets, pos_weight=pos_weight,
-                                                  reduction="none").mean((1, 2)).double()
+        logits = stack.validation_logits()
+        losses = stack.weighted_losses(logits).mean((1, 2)).double()
         if not reads_ap:
             return losses.cpu()
-        precisions = average_precisions(logits.permute(1, 0, 2).flatten(1),
-                                        val_targets.permute(1, 0, 2).flatten(1))
-        mean_ap = torch.nanmean(precisions.view(len(subsets), -1), dim=1)
+        mean_ap = torch.nanmean(stack.precisions(logits), dim=1)
         return torch.where(use_ap, 1.0 - mean_ap, losses).cpu()
 
     def snapshot() -> dict[str, torch.Tensor]:
-        return {name: value.detach().clone() for name, value in params.items()}
+        return {name: value.detach().clone() for name, value in stack.params.items()}
 
     best_state, best = (snapshot(), criteria()) if keep_best else ({}, None)
     since_best = torch.zeros(len(subsets), dtype=torch.long)
     stopped = torch.zeros(len(subsets), dtype=torch.bool)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        order = train_rows[torch.randperm(len(train_rows), generator=generator)
-                           .to(train_rows.device)]
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start:start + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            batch_losses = binary_cross_entropy_with_logits(
-                logits_of(params, features[rows]), targets[:, rows], pos_weight=pos_weight,
-                reduction="none").mean((1, 2))
-            batch_losses.sum().backward()
-            optimizer.step()
+        stack.train_epoch(generator)
         if not keep_best:  # a fixed schedule keeps its last state: nothing to evaluate
             continue
         current = criteria()
         improved = (current < best) & ~stopped
         with torch.no_grad():
-            for name, value in params.items():
+            for name, value in stack.params.items():
                 mask = improved.to(device).view(-1, *[1] * (value.dim() - 1))
                 best_state[name] = torch.where(mask, value.detach(), best_state[name])
         best = torch.where(improved, current, best)
@@ -130,10 +219,4 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
         stopped |= since_best >= config.patience
         if bool(stopped.all()):
             break
-    final = best_state if keep_best else params
-    with torch.no_grad():
-        logits = logits_of(final, val_features).double()
-    # one column per (copy, head), as the one-copy figure of each copy's heads
-    figures = validation_figures(logits.permute(1, 0, 2).flatten(1),
-                                 val_targets.double().permute(1, 0, 2).flatten(1), target)
-    return figures.reshape(len(subsets), -1)
+    return stack.figures(stack.validation_logits(best_state if keep_best else None), target)

@@ -404,3 +404,130 @@ def test_benchmark_variants_are_parsed_and_checked():
     for bad in ("oracle", "surrogate:l2", "surrogate:l2=-1", "surrogate:nothing=1"):
         with pytest.raises(ConfigError, match="estimator variant"):
             variant_options(config, bad)
+
+
+def test_task_curves_sees_a_subset_only_through_where_it_stops(planted_base):
+    """What task_curves cannot see, pinned down: on the planted SBM, whose families share
+    trunk features, a family-mate subset and a stranger subset that stop at the same epoch
+    give a task the same f̂ (the lookahead ranks the mates first, test above), and f̂ is the
+    task's own curve at S's kept epoch."""
+    from grouping.affinity.estimators.task_curves import kept_epochs, subset_criteria
+
+    options = AffinityConfig(estimator="task_curves")
+    inputs = EstimatorInputs(None, None, None, planted_base)
+    estimator = make_estimator(options)
+    subsets = []
+    for family in range(6):
+        task = 4 * family
+        subsets += [np.arange(task, task + 4),
+                    np.sort([task, (task + 4) % 24, (task + 8) % 24, (task + 12) % 24])]
+    subsets = np.stack(subsets)
+    curves = estimator.prepare(subsets, inputs)
+    estimate = estimator.estimate(subsets, inputs, curves)
+    members = np.searchsorted(curves.tasks, subsets)
+    reads_ap = planted_base.training.early_stopping == "val_ap"
+    kept = kept_epochs(subset_criteria(curves, members, reads_ap), 8)
+    assert (kept[0::2] == kept[1::2]).any()
+    assert np.array_equal(estimate, curves.figure[members, kept[:, None]])
+    assert (curves.figure[:, 1:] != curves.figure[:, :1]).all()  # the copies did train
+    for family in range(6):
+        mates, strangers = 2 * family, 2 * family + 1
+        task = 4 * family
+        if kept[mates] == kept[strangers]:
+            assert estimate[mates, 0] == estimate[strangers,
+                                                  list(subsets[strangers]).index(task)]
+
+
+def _frozen_trunk_heads(model, spec, heads):
+    """select_heads with every parameter but the heads' and skip rows' frozen."""
+    from grouping.models.sign_mlp import HEAD_PARAMETERS, select_heads
+
+    copy = select_heads(model, spec, heads)
+    for name, parameter in copy.named_parameters():
+        parameter.requires_grad_(name.startswith(HEAD_PARAMETERS))
+    return copy
+
+
+@pytest.mark.parametrize(("early_stopping", "target", "patience"), [
+    ("val_ap", "loss", None), ("val_ap", "ap", 2), ("val_loss", "loss", 1)])
+def test_task_curves_with_a_frozen_trunk_is_the_lookahead_that_keeps_its_best(
+        planted_base, monkeypatch, early_stopping, target, patience):
+    """With the trunk frozen, a subset's copy trains each head and skip row on its own (Adam
+    ignores the 1/|S| scale of a head's gradient), so reading S's stopping epoch off the
+    tasks' own curves must give the lookahead's keep-best figures; different subsets must
+    stop at different epochs for this to test the stopping rule."""
+    import grouping.stacked_fine_tuning as stacked
+
+    monkeypatch.setattr(stacked, "select_heads", _frozen_trunk_heads)
+    base = dataclasses.replace(planted_base, training=planted_base.training.model_copy(
+        update={"early_stopping": early_stopping, "lr": 0.02}))
+    inputs = EstimatorInputs(None, None, None, base)
+    rng = np.random.default_rng(7)
+    subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(12)]), axis=1)
+    settings = {"epochs": 5, "target": target, "patience": patience}
+    curves_options = AffinityConfig(estimator="task_curves", task_curves=settings)
+    estimate = _estimate(curves_options, subsets, inputs)
+    lookahead = _estimate(AffinityConfig(estimator="lookahead", lookahead={
+        **settings, "keep_best": True}), subsets, inputs)
+    np.testing.assert_allclose(estimate, lookahead, rtol=2e-4, atol=1e-6)
+    estimator = make_estimator(curves_options)
+    curves = estimator.prepare(subsets, inputs)
+    from grouping.affinity.estimators.task_curves import kept_epochs, subset_criteria
+
+    members = np.searchsorted(curves.tasks, subsets)
+    kept = kept_epochs(subset_criteria(curves, members, early_stopping == "val_ap"),
+                       patience or 5)
+    assert len(set(kept.tolist())) > 1
+
+
+def test_task_curves_stopping_rule_and_criterion():
+    """The kept epoch is the strict best before `patience` epochs in a row fail; S's AP
+    criterion averages the tasks with a validation positive and falls back to the mean
+    weighted loss when none has one."""
+    from grouping.affinity.estimators.task_curves import kept_epochs, subset_criteria
+    from grouping.stacked_fine_tuning import FineTuningCurves
+
+    criterion = np.array([[1.0, 0.9, 0.95, 0.97, 0.8],
+                          [1.0, 1.0, 1.1, 0.5, 0.4],
+                          [0.5, 0.6, 0.7, 0.8, 0.9]])
+    assert kept_epochs(criterion, 4).tolist() == [4, 4, 0]
+    assert kept_epochs(criterion, 2).tolist() == [1, 0, 0]
+    assert kept_epochs(criterion, 3).tolist() == [4, 4, 0]
+    nan = float("nan")
+    curves = FineTuningCurves(
+        tasks=np.arange(3),
+        precision=np.array([[0.2, 0.4], [0.6, 0.2], [nan, nan]]),
+        weighted_loss=np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 7.0]]),
+        figure=np.zeros((3, 2)))
+    members = np.array([[0, 1], [0, 2], [2, 2]])
+    np.testing.assert_allclose(subset_criteria(curves, members, True),
+                               [[0.6, 0.7], [0.8, 0.6], [5.0, 7.0]])
+    np.testing.assert_allclose(subset_criteria(curves, members, False),
+                               [[2.0, 3.0], [3.0, 4.5], [5.0, 7.0]])
+
+
+def test_task_curves_refuses_a_model_with_dropout():
+    data = small_sbm_config()
+    data["model"] = {**data.get("model", {}), "dropout": 0.2}
+    data["affinity"] = {**data.get("affinity", {}), "estimator": "task_curves"}
+    with pytest.raises(ConfigError, match="affinity.estimator"):
+        parse_config(data)
+
+
+def test_task_curves_through_the_estimate_stage_on_any_number_of_workers(ray_session,
+                                                                          planted_base):
+    from workers.estimates import compute_subset_losses
+
+    rng = np.random.default_rng(1)
+    subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(10)]), axis=1)
+    options = AffinityConfig(estimator="task_curves", task_curves={"epochs": 3})
+    table = planted_table()
+    one = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                                RayConfig(num_workers=1, subsets_per_batch=10),
+                                base=planted_base)
+    many = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                                 RayConfig(num_workers=2, subsets_per_batch=3),
+                                 base=planted_base)
+    assert np.array_equal(one, many)
+    assert np.array_equal(one, _estimate(options, subsets,
+                                         EstimatorInputs(None, None, None, planted_base)))

@@ -17,7 +17,7 @@ from grouping.affinity.computers import feature_dim
 from grouping.affinity.error_stage import ErrorStage
 from grouping.affinity.estimators import ESTIMATORS, BaseModel, gradient_projection_dim
 from grouping.affinity.rows import RowTable
-from grouping.affinity.subsets import sample_subsets, subsets_for_coverage
+from grouping.affinity.subsets import sample_subsets, subset_count
 from grouping.affinity.true_affinity import base_losses
 from grouping.artifacts import RunDirectory, ShardStore
 from grouping.clustering import (
@@ -222,9 +222,8 @@ class Pipeline:
     def _subsets(self) -> np.ndarray:
         """The sampled subsets of the affinity estimate, [m, s]."""
         options, num_tasks = self.config.affinity, self.taskset.num_tasks
-        count = options.num_subsets or subsets_for_coverage(
-            num_tasks, options.subset_size, options.coverage)
-        return sample_subsets(num_tasks, options.subset_size, count, self.config.seed)
+        return sample_subsets(num_tasks, options.subset_size,
+                              subset_count(options, num_tasks), self.config.seed)
 
     def _save_subset_losses(self, subsets: np.ndarray, losses: np.ndarray, column: str) -> None:
         self.run.save_arrays(run_files.SUBSET_LOSSES, subsets=subsets, losses=losses)

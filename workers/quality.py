@@ -41,7 +41,7 @@ from grouping.affinity.error_report import ROOM_FIGURES
 from grouping.affinity.error_stage import against_truth, true_wall_seconds
 from grouping.affinity.estimators import ESTIMATORS, BaseModel
 from grouping.affinity.rows import RowTable
-from grouping.affinity.subsets import subsets_for_coverage
+from grouping.affinity.subsets import subset_count
 from grouping.artifacts import RunDirectory
 from grouping.config import AffinityConfig, ConfigError, RunConfig, load_config, parse_config
 from grouping.evaluation.comparison import (
@@ -126,9 +126,7 @@ def overrides(config: RunConfig, settings: BenchmarkSettings, protocol: str) -> 
     takes every task's trunk gradient at every step, about fifteen times the training cost
     of a 100-task model, and leaves the trained models unchanged."""
     options = config.affinity
-    count = options.num_subsets or subsets_for_coverage(config.taskset.num_tasks,
-                                                        options.subset_size, options.coverage)
-    subsets = min(count, settings.max_subsets)
+    subsets = min(subset_count(options, config.taskset.num_tasks), settings.max_subsets)
     single = config.taskset.num_tasks <= settings.single_task_max_tasks
     return [f"seed={settings.seed}", f"affinity.num_subsets={subsets}",
             "true_affinity.enabled=true", f"true_affinity.protocol={protocol}",

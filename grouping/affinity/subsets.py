@@ -6,10 +6,19 @@ import math
 
 import numpy as np
 
+from grouping.config import AffinityConfig
+
 
 def subsets_for_coverage(num_tasks: int, size: int, coverage: float) -> int:
     """m ≈ c·T(T−1) / (s(s−1)): each pair of tasks then shares about c subsets."""
     return max(1, math.ceil(coverage * num_tasks * (num_tasks - 1) / (size * (size - 1))))
+
+
+def subset_count(options: AffinityConfig, num_tasks: int) -> int:
+    """m of the estimate stage: ``affinity.num_subsets``, or :func:`subsets_for_coverage` of
+    ``affinity.coverage``."""
+    return options.num_subsets or subsets_for_coverage(num_tasks, options.subset_size,
+                                                       options.coverage)
 
 
 def sample_subsets(num_tasks: int, size: int, count: int, seed: int) -> np.ndarray:

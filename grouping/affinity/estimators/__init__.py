@@ -13,13 +13,14 @@ from grouping.affinity.estimators.first_order import FirstOrderEstimator
 from grouping.affinity.estimators.label_overlap import LabelOverlapEstimator
 from grouping.affinity.estimators.lookahead import LookaheadEstimator
 from grouping.affinity.estimators.surrogate import SurrogateEstimator
+from grouping.affinity.estimators.task_curves import TaskCurvesEstimator
 from grouping.affinity.estimators.truncated import TruncatedEstimator
 from grouping.config import AffinityConfig
 
 ESTIMATORS: dict[str, type[Estimator]] = {
     estimator.name: estimator
     for estimator in (SurrogateEstimator, FirstOrderEstimator, LabelOverlapEstimator,
-                      LookaheadEstimator, TruncatedEstimator)}
+                      LookaheadEstimator, TaskCurvesEstimator, TruncatedEstimator)}
 
 
 def make_estimator(options: AffinityConfig) -> Estimator:
