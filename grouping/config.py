@@ -313,8 +313,8 @@ class TrainConfig(_Strict):
     early_stopping: Literal["val_loss", "val_ap"] = "val_ap"
 
 
-EstimatorName = Literal["surrogate", "first_order", "label_overlap", "lookahead",
-                        "task_curves", "truncated"]
+EstimatorName = Literal["surrogate", "calibrated_surrogate", "first_order", "label_overlap",
+                        "lookahead", "task_curves", "truncated"]
 
 
 class FirstOrderConfig(_Strict):
@@ -323,6 +323,23 @@ class FirstOrderConfig(_Strict):
     2024), so that tasks with large gradients do not dominate a subset's direction."""
 
     normalize: bool = False
+
+
+class CalibrationConfig(_Strict):
+    """The calibrated surrogate (grouping.affinity.estimators.calibrated_surrogate): the
+    surrogate's λ picked from ``l2s`` so that its predicted change of the validation losses
+    matches, in mean relative size, the change that truly training the first ``subsets`` of
+    the sampled subsets (the truth's protocol, seeds of the estimator's own) makes."""
+
+    subsets: int = Field(8, ge=1)
+    l2s: list[float] = Field([1e-4, 1e-3, 1e-2, 1e-1, 1.0], min_length=1)
+
+    @field_validator("l2s")
+    @classmethod
+    def _positive(cls, l2s: list[float]) -> list[float]:
+        if any(l2 <= 0 for l2 in l2s):
+            raise ValueError("every λ must be positive")
+        return l2s
 
 
 TruthTarget = Literal["loss", "ap"]
@@ -388,7 +405,9 @@ class AffinityConfig(_Strict):
 
     ``estimator`` (grouping.affinity.estimators): ``surrogate``, Grad-TAG's logistic fit per
     subset on the gradient features with the base logit as offset (``l2``,
-    ``newton_iterations``, ``tolerance``, ``surrogate_dtype``); ``first_order``, the
+    ``newton_iterations``, ``tolerance``, ``surrogate_dtype``); ``calibrated_surrogate``,
+    the same fit with λ matched to the size of the change a few truly trained subsets show
+    (``calibrated_surrogate``); ``first_order``, the
     alignment of task i's validation loss gradient with the mean training loss gradient of
     S (``first_order``); ``label_overlap``, the overlap of the training positives of i with
     those of S's other tasks (binary-label task sets only; no model); ``lookahead``, task
@@ -423,6 +442,7 @@ class AffinityConfig(_Strict):
     method: Literal["gradtag", "true"] = "gradtag"
     estimator: EstimatorName = "lookahead"
     first_order: FirstOrderConfig = FirstOrderConfig()
+    calibrated_surrogate: CalibrationConfig = CalibrationConfig()
     lookahead: LookaheadConfig = LookaheadConfig()
     task_curves: TaskCurvesConfig = TaskCurvesConfig()
     truncated: TruncatedConfig = TruncatedConfig()

@@ -176,9 +176,10 @@ def test_estimators_free_of_batch_mates_give_every_worker_batches():
     from workers.estimates import BATCHES_PER_WORKER, estimate_batch_size
 
     config = RayConfig(num_workers=2, subsets_per_batch=64)
-    assert not ESTIMATORS["surrogate"].independent_subsets
-    assert estimate_batch_size(AffinityConfig(estimator="surrogate"), 50, config) == 64
-    for name in sorted(set(ESTIMATORS) - {"surrogate", "lookahead"}):
+    for name in ("surrogate", "calibrated_surrogate"):
+        assert not ESTIMATORS[name].independent_subsets
+        assert estimate_batch_size(AffinityConfig(estimator=name), 50, config) == 64
+    for name in sorted(set(ESTIMATORS) - {"surrogate", "calibrated_surrogate", "lookahead"}):
         options = AffinityConfig(estimator=name)
         size = estimate_batch_size(options, 50, config)
         assert size == 7 and -(-50 // size) >= BATCHES_PER_WORKER * config.num_workers
@@ -531,3 +532,70 @@ def test_task_curves_through_the_estimate_stage_on_any_number_of_workers(ray_ses
     assert np.array_equal(one, many)
     assert np.array_equal(one, _estimate(options, subsets,
                                          EstimatorInputs(None, None, None, planted_base)))
+
+
+def test_calibrated_surrogate_fits_at_the_l2_whose_change_matches_the_truths(monkeypatch):
+    """λ sets how far the fit moves the losses; the calibration picks the λ
+    whose predicted mean change is nearest the truly trained subsets' (on a log scale) and
+    every subset is then the surrogate's fit at that λ, bit for bit; it still ranks a
+    family-mate subset above strangers on the planted table."""
+    from grouping.affinity.estimators.calibrated_surrogate import (
+        CalibratedSurrogateEstimator,
+        closest_l2,
+    )
+
+    table = planted_table(5)
+    subsets = np.array([[0, 1, 2], [0, 3, 6], [0, 4, 7], [0, 5, 8], [1, 4, 7], [2, 5, 6]])
+    l2s = [1e-3, 1e-2, 1e-1, 1.0]
+    options = AffinityConfig(estimator="calibrated_surrogate",
+                             calibrated_surrogate={"subsets": 3, "l2s": l2s})
+    estimator = make_estimator(options)
+    seen = []
+
+    def true_change(self, chosen, inputs):
+        seen.append(chosen)
+        return 0.05
+
+    monkeypatch.setattr(CalibratedSurrogateEstimator, "true_change", true_change)
+    calibration = estimator.prepare(subsets, table)
+    assert np.array_equal(seen[0], subsets[:3])
+    assert np.ptp(calibration.predicted_changes) > 0.05  # λ sets how far the fit moves
+    assert calibration.l2 == closest_l2(l2s, calibration.predicted_changes, 0.05)
+    estimate = estimator.estimate(subsets, table, calibration)
+    plain = AffinityConfig(estimator="surrogate", l2=calibration.l2)
+    assert np.array_equal(estimate, _estimate(plain, subsets, table))
+    assert estimate[0, 0] < estimate[1:4, 0].min()
+    assert closest_l2([1e-2, 1e-1, 1.0], np.array([0.4, 0.1, 0.01]), 0.03) == 1.0
+    assert closest_l2([1e-2, 1e-1, 1.0], np.array([0.4, 0.1, 0.01]), 0.2) == 1e-1
+
+
+def test_calibrated_surrogate_measures_the_truths_change_at_seeds_of_its_own(planted_base):
+    """The true change is the from-scratch training of the chosen subsets at the run's seed
+    + SEED_OFFSET, each task's validation loss against θ0's."""
+    from grouping.affinity.error_report import mean_relative_change
+
+    subsets = np.array([[0, 1, 5], [2, 7, 9]])
+    run = planted_base.run.model_copy(update={"true_affinity": planted_base.run.true_affinity
+                                              .model_copy(update={"protocol": "from_scratch"})})
+    base = dataclasses.replace(planted_base, run=run)
+    estimator = make_estimator(AffinityConfig(estimator="calibrated_surrogate"))
+    change = estimator.true_change(subsets, EstimatorInputs(None, None, None, base))
+    trained = np.stack([train_subset_from_scratch(base.taskset, subset, run,
+                                                  base.seed + SEED_OFFSET,
+                                                  torch.device("cpu"))["losses"]
+                        for subset in subsets])
+    start = base_losses(restore(base.spec, base.state), base.spec, base.taskset,
+                        torch.device("cpu"))[subsets]
+    assert change == pytest.approx(mean_relative_change(trained, start))
+    assert change > 0
+    with pytest.raises(ValueError, match="needs the base model"):
+        estimator.true_change(subsets, EstimatorInputs(None, None, None,
+                                                       dataclasses.replace(base, run=None)))
+
+
+def test_calibrated_surrogate_refuses_a_non_positive_l2():
+    data = small_sbm_config()
+    data["affinity"] = {**data.get("affinity", {}),
+                        "calibrated_surrogate": {"l2s": [0.1, 0.0]}}
+    with pytest.raises(ConfigError, match="affinity.calibrated_surrogate.l2s"):
+        parse_config(data)

@@ -17,6 +17,13 @@ RELATIVE_RESOLUTION = 1e-6
 equal: float32 rounding (about 1e-7), not a ranking of subsets."""
 
 
+def mean_relative_change(values: np.ndarray, base: np.ndarray) -> float:
+    """Mean of |values − base| / base over the entries with a positive base: how far the
+    figures moved from the base model's (the error report's ``mean_change``)."""
+    based = base > 0
+    return float(np.mean(np.abs(values - base)[based] / base[based]))
+
+
 def varies(values: np.ndarray) -> bool:
     """Whether ``values`` differ by more than rounding (:data:`RELATIVE_RESOLUTION`)."""
     return bool(np.ptp(values) > RELATIVE_RESOLUTION * np.max(np.abs(values)))
@@ -113,7 +120,6 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
     # is 0 where a task is ranked perfectly).
     nonzero = truth != 0
     relative = np.abs(estimate - truth)[nonzero] / np.abs(truth[nonzero])
-    based = base > 0
     report = {
         "num_pairs": int(len(truth)),
         "relative_distance": relative_distance(estimate, truth),
@@ -122,8 +128,8 @@ def error_report(estimate: np.ndarray, truth: np.ndarray, base: np.ndarray, task
         "spearman": float(spearmanr(estimate, truth).statistic),
         "base_relative_distance": relative_distance(base, truth),
         "task_mean_relative_distance": relative_distance(task_mean, truth),
-        "mean_change": float(np.mean(np.abs(estimate - base)[based] / base[based])),
-        "mean_true_change": float(np.mean(np.abs(truth - base)[based] / base[based])),
+        "mean_change": mean_relative_change(estimate, base),
+        "mean_true_change": mean_relative_change(truth, base),
     }
     report["within_task_spearman"], report["within_task_spearman_se"] = mean_and_se(
         task_spearmans(estimate, truth, tasks))

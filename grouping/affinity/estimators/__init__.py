@@ -9,6 +9,7 @@ from grouping.affinity.estimators.base import (
     EstimatorInputs,
     task_loss_gradients,
 )
+from grouping.affinity.estimators.calibrated_surrogate import CalibratedSurrogateEstimator
 from grouping.affinity.estimators.first_order import FirstOrderEstimator
 from grouping.affinity.estimators.label_overlap import LabelOverlapEstimator
 from grouping.affinity.estimators.lookahead import LookaheadEstimator
@@ -19,8 +20,9 @@ from grouping.config import AffinityConfig
 
 ESTIMATORS: dict[str, type[Estimator]] = {
     estimator.name: estimator
-    for estimator in (SurrogateEstimator, FirstOrderEstimator, LabelOverlapEstimator,
-                      LookaheadEstimator, TaskCurvesEstimator, TruncatedEstimator)}
+    for estimator in (SurrogateEstimator, CalibratedSurrogateEstimator, FirstOrderEstimator,
+                      LabelOverlapEstimator, LookaheadEstimator, TaskCurvesEstimator,
+                      TruncatedEstimator)}
 
 
 def make_estimator(options: AffinityConfig) -> Estimator:

@@ -39,8 +39,15 @@ class SurrogateEstimator(Estimator):
 
     def estimate(self, subsets: np.ndarray, table: EstimatorInputs, prepared: Any,
                  device: torch.device | str = "cpu") -> np.ndarray:
+        return self.fitted_losses(subsets, table, prepared, self.options.l2, device)
+
+    def fitted_losses(self, subsets: np.ndarray, table: EstimatorInputs,
+                      curvatures: np.ndarray | None, l2: float,
+                      device: torch.device | str = "cpu") -> np.ndarray:
+        """f̂ [b, s] of the fit at penalty ``l2``, preconditioned by ``curvatures`` (what
+        :meth:`prepare` returned) unless None."""
         options = self.options
-        return subset_losses(subsets, table.rows, table.f0, table.gradients, options.l2,
+        return subset_losses(subsets, table.rows, table.f0, table.gradients, l2,
                              options.newton_iterations, options.tolerance, device,
-                             getattr(torch, options.surrogate_dtype), prepared,
-                             precondition=prepared is not None)
+                             getattr(torch, options.surrogate_dtype), curvatures,
+                             precondition=curvatures is not None)
