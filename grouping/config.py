@@ -356,7 +356,11 @@ class LookaheadConfig(_Strict):
     best validation criterion over S's tasks among epochs 0..epochs (``train.early_stopping``,
     the rule a group model stops by), not the last; ``patience``: with ``keep_best``, the
     fine-tuning stops once that many epochs in a row have not improved on the best (a group
-    model's early stopping with a shorter patience; null: every one of the ``epochs``)."""
+    model's early stopping with a shorter patience; null: every one of the ``epochs``);
+    ``stopping``: with ``keep_best``, where the kept epoch comes from: ``validation``, each
+    epoch of S's own fine-tuning evaluated, or ``task_curves``, read off the tasks' own
+    fine-tuning curves as the task-curves estimator reads it, S then fine-tuned for exactly
+    that many epochs with no validation pass (binary-label task sets, no dropout)."""
 
     epochs: int = Field(8, ge=1)
     seeds: int = Field(1, ge=1)
@@ -365,6 +369,7 @@ class LookaheadConfig(_Strict):
     target: TruthTarget = "loss"
     keep_best: bool = True
     patience: int | None = Field(None, ge=1)
+    stopping: Literal["validation", "task_curves"] = "validation"
 
 
 class TaskCurvesConfig(_Strict):
@@ -667,6 +672,17 @@ class RunConfig(_Strict):
             if isinstance(self.taskset, InstructionsTaskSetConfig) and target == "ap":
                 raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
                                  "instructions task set's truth is its answer loss (use 'loss')")
+        lookahead = self.affinity.lookahead
+        if lookahead.stopping == "task_curves":
+            if not lookahead.keep_best:
+                raise ValueError("affinity.lookahead.stopping: task_curves picks the epoch "
+                                 "kept, so it needs affinity.lookahead.keep_best: true")
+            if isinstance(self.taskset, InstructionsTaskSetConfig):
+                raise ValueError("affinity.lookahead.stopping: task_curves applies to "
+                                 "binary-label task sets (use 'validation')")
+            if self.model.dropout > 0:
+                raise ValueError("affinity.lookahead.stopping: task_curves trains side by "
+                                 "side, which draws no dropout masks; set model.dropout: 0")
         if self.affinity.estimator == "task_curves" and self.model.dropout > 0:
             raise ValueError("affinity.estimator: task_curves trains its copies side by side, "
                              "which draws no dropout masks; set model.dropout: 0 or pick "

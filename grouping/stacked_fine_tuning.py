@@ -32,7 +32,12 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from grouping.config import TrainConfig, TruthTarget
 from grouping.models.sign_mlp import ModelSpec, SignMLP, select_heads
 from grouping.tasksets import TRAIN, VAL, TaskSet
-from grouping.training import average_precisions, positive_weights, validation_figures
+from grouping.training import (
+    average_precisions,
+    positive_weights,
+    predict,
+    validation_figures,
+)
 
 STACK_SIZE = 16
 """Copies trained together (a batch of subsets is cut into stacks of this many, the last one
@@ -42,24 +47,54 @@ padded), fixed so that a subset's rounding never depends on its batch-mates' num
 def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
                        config: TrainConfig, epochs: int, seed: int, device: torch.device,
                        keep_best: bool, target: TruthTarget = "loss",
-                       stack_size: int = STACK_SIZE) -> np.ndarray:
+                       stack_size: int = STACK_SIZE,
+                       budgets: np.ndarray | None = None) -> np.ndarray:
     """[b, s] validation figures (``target``: mean cross-entropy, or 1 − average precision)
     of each subset's tasks after fine-tuning θ0 on the subset for ``epochs`` epochs, with
     early stopping when ``keep_best`` (:func:`grouping.training.run_epochs`'s rule), as
     :meth:`grouping.families.binary.BinaryLabelFamily.fine_tune` followed by
     ``validation_losses`` computes them one subset at a time; ``stack_size`` copies at a
     time (another size than :data:`STACK_SIZE` only for benchmarks: the figures then differ
-    from the pipeline's in float rounding)."""
+    from the pipeline's in float rounding).
+
+    ``budgets`` [b] (with ``keep_best`` false) gives each subset a fixed schedule of its
+    own, that many epochs (at most ``epochs``): the subsets are stacked in order of their
+    budgets, so that a stack trains only as long as its longest budget, each copy's state is
+    taken after its own budget, and a budget of 0 is θ0's own figures."""
     if spec.dropout > 0:
         raise ValueError("stacked fine-tuning draws no dropout masks; use the one-copy loop")
     subsets = np.asarray(subsets)
-    figures = []
-    for start in range(0, len(subsets), stack_size):
-        stack = subsets[start:start + stack_size]
-        padded = np.concatenate([stack, np.repeat(stack[-1:], stack_size - len(stack), 0)])
-        figures.append(_fine_tune_stack(base, spec, taskset, padded, config, epochs, seed,
-                                        device, keep_best, target)[:len(stack)])
-    return np.concatenate(figures)
+    if budgets is None:
+        order, budgets = np.arange(len(subsets)), None
+    else:
+        if keep_best:
+            raise ValueError("per-subset budgets are fixed schedules: keep_best must be false")
+        budgets = np.minimum(np.asarray(budgets, dtype=np.int64), epochs)
+        order = np.argsort(budgets, kind="stable")
+    figures = np.empty(subsets.shape)
+    if budgets is not None and (budgets == 0).any():
+        untrained = budgets == 0
+        figures[untrained] = _base_figures(base, taskset, target, device)[subsets[untrained]]
+        order = order[~untrained[order]]
+    for start in range(0, len(order), stack_size):
+        chosen = order[start:start + stack_size]
+        padded = np.concatenate([chosen, np.repeat(chosen[-1:], stack_size - len(chosen))])
+        own = None if budgets is None else budgets[padded]
+        figures[chosen] = _fine_tune_stack(
+            base, spec, taskset, subsets[padded], config,
+            epochs if own is None else int(own.max()), seed, device, keep_best, target,
+            own)[:len(chosen)]
+    return figures
+
+
+@torch.no_grad()
+def _base_figures(base: SignMLP, taskset: TaskSet, target: TruthTarget,
+                  device: torch.device) -> np.ndarray:
+    """[T] every task's validation figure under θ0 (one forward of all its heads)."""
+    val = taskset.indices(VAL)
+    logits = predict(base.to(device), torch.tensor(taskset.features[val], device=device))
+    labels = torch.tensor(taskset.labels[val], dtype=torch.float64, device=device)
+    return validation_figures(logits.double(), labels, target)
 
 
 @dataclass(frozen=True)
@@ -183,8 +218,11 @@ class _StackedCopies:
 
 def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
                      config: TrainConfig, epochs: int, seed: int, device: torch.device,
-                     keep_best: bool, target: TruthTarget) -> np.ndarray:
+                     keep_best: bool, target: TruthTarget,
+                     budgets: np.ndarray | None = None) -> np.ndarray:
     stack = _StackedCopies(base, spec, taskset, subsets, config, device)
+    if budgets is not None:
+        return _budgeted_stack(stack, epochs, seed, budgets, target)
     reads_ap = config.early_stopping == "val_ap"
     use_ap = reads_ap & stack.val_targets.flatten(1).any(1)
 
@@ -220,3 +258,19 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
         if bool(stopped.all()):
             break
     return stack.figures(stack.validation_logits(best_state if keep_best else None), target)
+
+
+def _budgeted_stack(stack: _StackedCopies, epochs: int, seed: int, budgets: np.ndarray,
+                    target: TruthTarget) -> np.ndarray:
+    """Figures of each copy after ``budgets[k]`` epochs of a fixed schedule (``epochs``, the
+    largest, are run; a copy's state is taken when its budget is reached)."""
+    kept = {name: value.detach().clone() for name, value in stack.params.items()}
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        stack.train_epoch(generator)
+        reached = torch.from_numpy(budgets == epoch).to(stack.features.device)
+        with torch.no_grad():
+            for name, value in stack.params.items():
+                mask = reached.view(-1, *[1] * (value.dim() - 1))
+                kept[name] = torch.where(mask, value.detach(), kept[name])
+    return stack.figures(stack.validation_logits(kept), target)

@@ -599,3 +599,34 @@ def test_calibrated_surrogate_refuses_a_non_positive_l2():
                         "calibrated_surrogate": {"l2s": [0.1, 0.0]}}
     with pytest.raises(ConfigError, match="affinity.calibrated_surrogate.l2s"):
         parse_config(data)
+
+
+@pytest.mark.parametrize("early_stopping", ["val_ap", "val_loss"])
+def test_lookahead_stopping_read_off_task_curves(planted_base, monkeypatch, early_stopping):
+    """With the trunk frozen the tasks' curves find S's own stopping epoch, so the lookahead
+    that fine-tunes S for exactly that many epochs is the lookahead that evaluates S after
+    every epoch and keeps its best; with the trunk trained the two differ."""
+    import grouping.stacked_fine_tuning as stacked
+
+    base = dataclasses.replace(planted_base, training=planted_base.training.model_copy(
+        update={"early_stopping": early_stopping, "lr": 0.02}))
+    inputs = EstimatorInputs(None, None, None, base)
+    rng = np.random.default_rng(3)
+    subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(12)]), axis=1)
+    settings = {"epochs": 5, "target": "ap", "patience": 2}
+    validated = AffinityConfig(estimator="lookahead", lookahead=settings)
+    from_curves = AffinityConfig(estimator="lookahead",
+                                 lookahead={**settings, "stopping": "task_curves"})
+    trained = _estimate(from_curves, subsets, inputs)
+    assert not np.allclose(trained, _estimate(validated, subsets, inputs))
+    monkeypatch.setattr(stacked, "select_heads", _frozen_trunk_heads)
+    np.testing.assert_allclose(_estimate(from_curves, subsets, inputs),
+                               _estimate(validated, subsets, inputs), rtol=2e-4, atol=1e-6)
+
+
+def test_lookahead_stopping_from_task_curves_needs_keep_best():
+    data = small_sbm_config()
+    data["affinity"] = {**data.get("affinity", {}),
+                        "lookahead": {"stopping": "task_curves", "keep_best": False}}
+    with pytest.raises(ConfigError, match="affinity.lookahead.stopping"):
+        parse_config(data)

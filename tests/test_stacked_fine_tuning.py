@@ -83,3 +83,36 @@ def test_a_model_with_dropout_is_fine_tuned_one_copy_at_a_time():
         family.fine_tuned_figures(base, spec, taskset, SUBSETS, config, 2, 0, CPU, True),
         TaskFamily.fine_tuned_figures(family, base, spec, taskset, SUBSETS, config, 2, 0, CPU,
                                       True))
+
+
+@pytest.mark.parametrize("target", ["loss", "ap"])
+def test_per_subset_budgets_are_each_subsets_own_fixed_schedule(target):
+    """With budgets, a subset's figures are θ0 fine-tuned on it for exactly its budget (as
+    one subset at a time), θ0's own figures for a budget of 0, and the same bit for bit
+    whatever budgets its batch-mates have."""
+    taskset = _taskset()
+    base, spec = _base()
+    config = TrainConfig(lr=0.02, batch_size=32, patience=8, pos_weight="sqrt")
+    family = BinaryLabelFamily()
+    budgets = np.array([3, 0, 1, 5, 3])
+    one_at_a_time = TaskFamily.fine_tuned_figures(family, base, spec, taskset, SUBSETS,
+                                                  config, 5, 11, CPU, False, target, budgets)
+    side_by_side = family.fine_tuned_figures(base, spec, taskset, SUBSETS, config, 5, 11, CPU,
+                                             False, target, budgets)
+    np.testing.assert_allclose(side_by_side, one_at_a_time, rtol=1e-5, atol=1e-7)
+    untuned = family.validation_losses(base, spec, taskset, np.arange(8), CPU, target=target)
+    np.testing.assert_allclose(side_by_side[1], untuned[SUBSETS[1]], rtol=1e-6)
+    fixed = family.fine_tuned_figures(base, spec, taskset, SUBSETS[:1], config, 3, 11, CPU,
+                                      False, target)
+    np.testing.assert_allclose(side_by_side[0], fixed[0], rtol=1e-6)
+    many = np.concatenate([SUBSETS] * 4)
+    many_budgets = np.arange(len(many)) % 6
+    together = fine_tuned_figures(base, spec, taskset, many, config, 5, 11, CPU, False,
+                                  target, budgets=many_budgets)
+    for index in (0, 3, 8, len(many) - 1):
+        alone = fine_tuned_figures(base, spec, taskset, many[index:index + 1], config, 5, 11,
+                                   CPU, False, target, budgets=many_budgets[index:index + 1])
+        assert np.array_equal(alone[0], together[index])
+    with pytest.raises(ValueError, match="keep_best"):
+        fine_tuned_figures(base, spec, taskset, SUBSETS, config, 5, 11, CPU, True,
+                           budgets=budgets)

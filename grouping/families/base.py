@@ -90,16 +90,25 @@ class TaskFamily(ABC):
     def fine_tuned_figures(self, base: nn.Module, spec: Spec, taskset: AnyTaskSet,
                            subsets: np.ndarray, config: TrainConfig, epochs: int, seed: int,
                            device: torch.device, keep_best: bool = False,
-                           target: TruthTarget = "loss") -> np.ndarray:
+                           target: TruthTarget = "loss",
+                           budgets: np.ndarray | None = None) -> np.ndarray:
         """[b, s] validation figures (``target``) of each subset's tasks after θ0 is fine-tuned
         on the subset (:meth:`fine_tune` with ``epochs`` and ``keep_best``, then
-        :meth:`validation_losses`); one subset at a time here, a family may train several
-        at once."""
+        :meth:`validation_losses`); with ``budgets`` [b], a fixed schedule of
+        min(budget, ``epochs``) epochs per subset (0: θ0 itself). One subset at a time here,
+        a family may train several at once."""
+        subsets = np.asarray(subsets)
+        if budgets is None:
+            budgets = np.full(len(subsets), epochs)
+        elif keep_best:
+            raise ValueError("per-subset budgets are fixed schedules: keep_best must be false")
         return np.stack([
-            self.validation_losses(self.fine_tune(base, spec, taskset, subset, config, epochs,
-                                                  seed, device, keep_best),
-                                   spec, taskset, subset, device, target=target)
-            for subset in np.asarray(subsets)])
+            self.validation_losses(
+                base if budget == 0 else self.fine_tune(base, spec, taskset, subset, config,
+                                                        int(min(budget, epochs)), seed, device,
+                                                        keep_best),
+                spec, taskset, subset, device, target=target)
+            for subset, budget in zip(subsets, budgets, strict=True)])
 
     @abstractmethod
     def validation_losses(self, model: nn.Module, spec: Spec, taskset: AnyTaskSet,

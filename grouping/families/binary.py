@@ -109,15 +109,16 @@ class BinaryLabelFamily(TaskFamily):
     def fine_tuned_figures(self, base: nn.Module, spec: ModelSpec, taskset: TaskSet,
                            subsets: np.ndarray, config: TrainConfig, epochs: int, seed: int,
                            device: torch.device, keep_best: bool = False,
-                           target: TruthTarget = "loss") -> np.ndarray:
+                           target: TruthTarget = "loss",
+                           budgets: np.ndarray | None = None) -> np.ndarray:
         """The subsets' copies of θ0 trained side by side
         (:func:`grouping.stacked_fine_tuning.fine_tuned_figures`: the same figures as
         one subset at a time, up to float rounding); a model with dropout one at a time."""
         if spec.dropout > 0:
             return super().fine_tuned_figures(base, spec, taskset, subsets, config, epochs,
-                                              seed, device, keep_best, target)
+                                              seed, device, keep_best, target, budgets)
         return stacked_figures(base, spec, taskset, subsets, config, epochs, seed, device,
-                               keep_best, target)
+                               keep_best, target, budgets=budgets)
 
     def validation_losses(self, model: nn.Module, spec: ModelSpec, taskset: TaskSet,
                           tasks: np.ndarray, device: torch.device,

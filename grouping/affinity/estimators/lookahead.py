@@ -14,23 +14,26 @@ truth's checkpoint rule) instead of its last state, and with ``lookahead.patienc
 once that many epochs in a row have not improved on the best, as a group model's early
 stopping does (the later epochs could only be kept by improving after them). Each lookahead
 draws its batches from seeds of its own (:data:`SEED_OFFSET`), so that it never shares a
-batch order with the error report's truth. The family fine-tunes a batch's subsets as it
-can (:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family
+batch order with the error report's truth. With ``lookahead.stopping: task_curves`` the
+kept epoch is not found by evaluating S's model after every epoch but read off the tasks'
+own fine-tuning curves, as :mod:`grouping.affinity.estimators.task_curves` reads it (e*(S)),
+and S's copy is fine-tuned for exactly e*(S) epochs with no validation pass (0: θ0's own
+figures). The family fine-tunes a batch's subsets as it can
+(:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family
 trains their copies of θ0 side by side, the same figures at a fraction of the wall time).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, TrainingEstimator
+from grouping.affinity.estimators.task_curves import base_curves, curve_stops
 from grouping.config import TrainConfig
 from grouping.families import family_of
 from grouping.models import restore
-from grouping.stacked_fine_tuning import STACK_SIZE
+from grouping.stacked_fine_tuning import STACK_SIZE, FineTuningCurves
 
 
 class LookaheadEstimator(TrainingEstimator):
@@ -52,16 +55,33 @@ class LookaheadEstimator(TrainingEstimator):
             "batch_size": options.batch_size or fine_tuning.batch_size,
             "patience": options.patience or options.epochs})
 
-    def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs, prepared: Any,
+    def prepare(self, subsets: np.ndarray, inputs: EstimatorInputs) -> FineTuningCurves | None:
+        """With ``lookahead.stopping: task_curves``, every task's own fine-tuning curve under
+        the lookahead's schedule (:func:`base_curves`); else None."""
+        options = self.options.lookahead
+        if options.stopping != "task_curves":
+            return None
+        if inputs.base is None:
+            raise ValueError(f"the {self.name} estimator needs the base model")
+        return base_curves(inputs.base, subsets, self.schedule(inputs.base.training),
+                           options.epochs, options.target)
+
+    def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs,
+                 prepared: FineTuningCurves | None,
                  device: torch.device | str = "cpu") -> np.ndarray:
         base = inputs.base
         options = self.options.lookahead
         training = self.schedule(base.training)
+        budgets = None
+        if prepared is not None:
+            budgets = curve_stops(prepared, subsets, training.early_stopping,
+                                  options.patience or options.epochs)[1]
         device = torch.device(device)
         model = restore(base.spec, base.state).to(device)
         family = family_of(base.taskset)
         seeds = base.seed + SEED_OFFSET + np.arange(options.seeds)
         return np.mean([family.fine_tuned_figures(model, base.spec, base.taskset, subsets,
                                                   training, options.epochs, int(seed), device,
-                                                  options.keep_best, options.target)
+                                                  options.keep_best and budgets is None,
+                                                  options.target, budgets)
                         for seed in seeds], axis=0)

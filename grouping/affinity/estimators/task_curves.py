@@ -25,8 +25,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, TrainingEstimator
-from grouping.config import TrainConfig
+from grouping.affinity.estimators.base import (
+    SEED_OFFSET,
+    BaseModel,
+    EstimatorInputs,
+    TrainingEstimator,
+)
+from grouping.config import TrainConfig, TruthTarget
 from grouping.models import restore
 from grouping.stacked_fine_tuning import FineTuningCurves, fine_tuning_curves
 
@@ -64,6 +69,25 @@ def subset_criteria(curves: FineTuningCurves, members: np.ndarray,
     return np.where(counts > 0, 1.0 - mean_ap, losses)
 
 
+def base_curves(base: BaseModel, subsets: np.ndarray, training: TrainConfig, epochs: int,
+                target: TruthTarget) -> FineTuningCurves:
+    """The fine-tuning curve of every task ``subsets`` hold: θ0 fine-tuned on each alone under
+    ``training`` for ``epochs`` epochs, on the CPU, seeded from the run's seed +
+    :data:`SEED_OFFSET`."""
+    return fine_tuning_curves(restore(base.spec, base.state), base.spec, base.taskset,
+                              np.unique(subsets), training, epochs, base.seed + SEED_OFFSET,
+                              torch.device("cpu"), target)
+
+
+def curve_stops(curves: FineTuningCurves, subsets: np.ndarray, early_stopping: str,
+                patience: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each subset's tasks as rows of ``curves`` [b, s], e*(S) [b]: the epoch early stopping
+    by ``early_stopping`` keeps on the mean of S's curves)."""
+    members = np.searchsorted(curves.tasks, subsets)
+    criterion = subset_criteria(curves, members, early_stopping == "val_ap")
+    return members, kept_epochs(criterion, patience)
+
+
 class TaskCurvesEstimator(TrainingEstimator):
     """Task i's own fine-tuning curve at the epoch S's early stopping keeps when it reads S's
     tasks' curves (``task_curves``)."""
@@ -82,23 +106,17 @@ class TaskCurvesEstimator(TrainingEstimator):
             "batch_size": options.batch_size or fine_tuning.batch_size})
 
     def prepare(self, subsets: np.ndarray, inputs: EstimatorInputs) -> FineTuningCurves:
-        """The fine-tuning curve of every task the subsets hold (on the CPU, seeded from the
-        run's seed + :data:`SEED_OFFSET`)."""
-        base = inputs.base
-        if base is None:
+        """The fine-tuning curve of every task the subsets hold (:func:`base_curves`)."""
+        if inputs.base is None:
             raise ValueError(f"the {self.name} estimator needs the base model")
         options = self.options.task_curves
-        return fine_tuning_curves(restore(base.spec, base.state), base.spec, base.taskset,
-                                  np.unique(subsets), self.schedule(base.training),
-                                  options.epochs, base.seed + SEED_OFFSET,
-                                  torch.device("cpu"), options.target)
+        return base_curves(inputs.base, subsets, self.schedule(inputs.base.training),
+                           options.epochs, options.target)
 
     def estimate(self, subsets: np.ndarray, inputs: EstimatorInputs,
                  prepared: FineTuningCurves,
                  device: torch.device | str = "cpu") -> np.ndarray:
         options = self.options.task_curves
-        members = np.searchsorted(prepared.tasks, subsets)
-        reads_ap = inputs.base.training.early_stopping == "val_ap"
-        kept = kept_epochs(subset_criteria(prepared, members, reads_ap),
-                           options.patience or options.epochs)
+        members, kept = curve_stops(prepared, subsets, inputs.base.training.early_stopping,
+                                    options.patience or options.epochs)
         return prepared.figure[members, kept[:, None]]
