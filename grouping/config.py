@@ -360,7 +360,9 @@ class LookaheadConfig(_Strict):
     ``stopping``: with ``keep_best``, where the kept epoch comes from: ``validation``, each
     epoch of S's own fine-tuning evaluated, or ``task_curves``, read off the tasks' own
     fine-tuning curves as the task-curves estimator reads it, S then fine-tuned for exactly
-    that many epochs with no validation pass (binary-label task sets, no dropout)."""
+    that many epochs with no validation pass, or ``curve_screened``, the subsets whose curves
+    keep epoch 0 keep θ0's figures untrained and the others are validated as with
+    ``validation`` (both curve rules: binary-label task sets, no dropout)."""
 
     epochs: int = Field(8, ge=1)
     seeds: int = Field(1, ge=1)
@@ -369,7 +371,7 @@ class LookaheadConfig(_Strict):
     target: TruthTarget = "loss"
     keep_best: bool = True
     patience: int | None = Field(None, ge=1)
-    stopping: Literal["validation", "task_curves"] = "validation"
+    stopping: Literal["validation", "task_curves", "curve_screened"] = "validation"
 
 
 class TaskCurvesConfig(_Strict):
@@ -673,16 +675,17 @@ class RunConfig(_Strict):
                 raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
                                  "instructions task set's truth is its answer loss (use 'loss')")
         lookahead = self.affinity.lookahead
-        if lookahead.stopping == "task_curves":
+        if lookahead.stopping != "validation":
+            rule = lookahead.stopping
             if not lookahead.keep_best:
-                raise ValueError("affinity.lookahead.stopping: task_curves picks the epoch "
-                                 "kept, so it needs affinity.lookahead.keep_best: true")
+                raise ValueError(f"affinity.lookahead.stopping: {rule} picks the epoch kept, "
+                                 "so it needs affinity.lookahead.keep_best: true")
             if isinstance(self.taskset, InstructionsTaskSetConfig):
-                raise ValueError("affinity.lookahead.stopping: task_curves applies to "
+                raise ValueError(f"affinity.lookahead.stopping: {rule} applies to "
                                  "binary-label task sets (use 'validation')")
             if self.model.dropout > 0:
-                raise ValueError("affinity.lookahead.stopping: task_curves trains side by "
-                                 "side, which draws no dropout masks; set model.dropout: 0")
+                raise ValueError(f"affinity.lookahead.stopping: {rule} trains side by side, "
+                                 "which draws no dropout masks; set model.dropout: 0")
         if self.affinity.estimator == "task_curves" and self.model.dropout > 0:
             raise ValueError("affinity.estimator: task_curves trains its copies side by side, "
                              "which draws no dropout masks; set model.dropout: 0 or pick "

@@ -57,18 +57,17 @@ def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets
     time (another size than :data:`STACK_SIZE` only for benchmarks: the figures then differ
     from the pipeline's in float rounding).
 
-    ``budgets`` [b] (with ``keep_best`` false) gives each subset a fixed schedule of its
-    own, that many epochs (at most ``epochs``): the subsets are stacked in order of their
-    budgets, so that a stack trains only as long as its longest budget, each copy's state is
-    taken after its own budget, and a budget of 0 is θ0's own figures."""
+    ``budgets`` [b] gives each subset a number of epochs of its own (at most ``epochs``): a
+    fixed schedule of that length, its state taken after its own budget, or with
+    ``keep_best`` the best of epochs 0..budget; the subsets are stacked in order of their
+    budgets, so that a stack trains only as long as its longest budget, and a budget of 0 is
+    θ0's own figures."""
     if spec.dropout > 0:
         raise ValueError("stacked fine-tuning draws no dropout masks; use the one-copy loop")
     subsets = np.asarray(subsets)
     if budgets is None:
         order, budgets = np.arange(len(subsets)), None
     else:
-        if keep_best:
-            raise ValueError("per-subset budgets are fixed schedules: keep_best must be false")
         budgets = np.minimum(np.asarray(budgets, dtype=np.int64), epochs)
         order = np.argsort(budgets, kind="stable")
     figures = np.empty(subsets.shape)
@@ -221,7 +220,7 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
                      keep_best: bool, target: TruthTarget,
                      budgets: np.ndarray | None = None) -> np.ndarray:
     stack = _StackedCopies(base, spec, taskset, subsets, config, device)
-    if budgets is not None:
+    if budgets is not None and not keep_best:
         return _budgeted_stack(stack, epochs, seed, budgets, target)
     reads_ap = config.early_stopping == "val_ap"
     use_ap = reads_ap & stack.val_targets.flatten(1).any(1)
@@ -242,7 +241,7 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
     since_best = torch.zeros(len(subsets), dtype=torch.long)
     stopped = torch.zeros(len(subsets), dtype=torch.bool)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         stack.train_epoch(generator)
         if not keep_best:  # a fixed schedule keeps its last state: nothing to evaluate
             continue
@@ -255,6 +254,8 @@ def _fine_tune_stack(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: 
         best = torch.where(improved, current, best)
         since_best = torch.where(improved, 0, since_best + 1)
         stopped |= since_best >= config.patience
+        if budgets is not None:  # a copy's candidates end at its own budget
+            stopped |= torch.from_numpy(budgets <= epoch)
         if bool(stopped.all()):
             break
     return stack.figures(stack.validation_logits(best_state if keep_best else None), target)

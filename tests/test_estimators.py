@@ -624,6 +624,33 @@ def test_lookahead_stopping_read_off_task_curves(planted_base, monkeypatch, earl
                                _estimate(validated, subsets, inputs), rtol=2e-4, atol=1e-6)
 
 
+def test_curve_screened_lookahead_trains_only_subsets_whose_curves_move(planted_base):
+    """Subsets whose tasks' curves keep epoch 0 keep θ0's figures untrained; every other
+    subset gets the default lookahead's figures (validated every epoch)."""
+    from grouping.affinity.estimators.task_curves import curve_stops
+
+    base = dataclasses.replace(planted_base, training=planted_base.training.model_copy(
+        update={"early_stopping": "val_loss", "lr": 0.05}))  # some curves peak at epoch 0
+    inputs = EstimatorInputs(None, None, None, base)
+    rng = np.random.default_rng(5)
+    subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(16)]), axis=1)
+    settings = {"epochs": 4, "target": "ap", "patience": 1}
+    screened_options = AffinityConfig(estimator="lookahead",
+                                      lookahead={**settings, "stopping": "curve_screened"})
+    estimator = make_estimator(screened_options)
+    curves = estimator.prepare(subsets, inputs)
+    stops = curve_stops(curves, subsets, "val_loss", 1)[1]
+    assert 0 < (stops == 0).sum() < len(subsets)
+    screened = estimator.estimate(subsets, inputs, curves)
+    validated = _estimate(AffinityConfig(estimator="lookahead", lookahead=settings),
+                          subsets, inputs)
+    untrained = base_losses(restore(base.spec, base.state), base.spec, base.taskset,
+                            torch.device("cpu"), "ap")[subsets]
+    moved = stops > 0
+    np.testing.assert_allclose(screened[moved], validated[moved], rtol=1e-6)
+    np.testing.assert_allclose(screened[~moved], untrained[~moved], rtol=1e-6)
+
+
 def test_lookahead_stopping_from_task_curves_needs_keep_best():
     data = small_sbm_config()
     data["affinity"] = {**data.get("affinity", {}),

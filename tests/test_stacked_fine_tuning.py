@@ -113,6 +113,22 @@ def test_per_subset_budgets_are_each_subsets_own_fixed_schedule(target):
         alone = fine_tuned_figures(base, spec, taskset, many[index:index + 1], config, 5, 11,
                                    CPU, False, target, budgets=many_budgets[index:index + 1])
         assert np.array_equal(alone[0], together[index])
-    with pytest.raises(ValueError, match="keep_best"):
-        fine_tuned_figures(base, spec, taskset, SUBSETS, config, 5, 11, CPU, True,
-                           budgets=budgets)
+
+
+def test_per_subset_budgets_with_keep_best_keep_the_best_of_their_own_epochs():
+    """With keep_best, a budget bounds the epochs a copy may keep (0..budget), as that copy
+    fine-tuned alone for its budget with keep_best; 0 is θ0's figures."""
+    taskset = _taskset()
+    base, spec = _base()
+    config = TrainConfig(lr=0.03, batch_size=32, patience=3, pos_weight="sqrt",
+                         early_stopping="val_ap")
+    family = BinaryLabelFamily()
+    budgets = np.array([2, 0, 6, 1, 6])
+    one_at_a_time = TaskFamily.fine_tuned_figures(family, base, spec, taskset, SUBSETS,
+                                                  config, 6, 4, CPU, True, "loss", budgets)
+    side_by_side = family.fine_tuned_figures(base, spec, taskset, SUBSETS, config, 6, 4, CPU,
+                                             True, "loss", budgets)
+    np.testing.assert_allclose(side_by_side, one_at_a_time, rtol=1e-5, atol=1e-7)
+    full = family.fine_tuned_figures(base, spec, taskset, SUBSETS, config, 6, 4, CPU, True)
+    np.testing.assert_allclose(side_by_side[[2, 4]], full[[2, 4]], rtol=1e-6)
+    assert not np.allclose(side_by_side[[0, 3]], full[[0, 3]])

@@ -94,14 +94,12 @@ class TaskFamily(ABC):
                            budgets: np.ndarray | None = None) -> np.ndarray:
         """[b, s] validation figures (``target``) of each subset's tasks after θ0 is fine-tuned
         on the subset (:meth:`fine_tune` with ``epochs`` and ``keep_best``, then
-        :meth:`validation_losses`); with ``budgets`` [b], a fixed schedule of
-        min(budget, ``epochs``) epochs per subset (0: θ0 itself). One subset at a time here,
-        a family may train several at once."""
+        :meth:`validation_losses`); with ``budgets`` [b], min(budget, ``epochs``) epochs per
+        subset instead (0: θ0 itself). One subset at a time here, a family may train several
+        at once."""
         subsets = np.asarray(subsets)
         if budgets is None:
             budgets = np.full(len(subsets), epochs)
-        elif keep_best:
-            raise ValueError("per-subset budgets are fixed schedules: keep_best must be false")
         return np.stack([
             self.validation_losses(
                 base if budget == 0 else self.fine_tune(base, spec, taskset, subset, config,

@@ -18,9 +18,11 @@ batch order with the error report's truth. With ``lookahead.stopping: task_curve
 kept epoch is not found by evaluating S's model after every epoch but read off the tasks'
 own fine-tuning curves, as :mod:`grouping.affinity.estimators.task_curves` reads it (e*(S)),
 and S's copy is fine-tuned for exactly e*(S) epochs with no validation pass (0: θ0's own
-figures). The family fine-tunes a batch's subsets as it can
-(:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family
-trains their copies of θ0 side by side, the same figures at a fraction of the wall time).
+figures); with ``curve_screened`` only the subsets with e*(S) = 0 are read off the curves
+(θ0's figures, untrained) and the others are fine-tuned and validated as by default. The
+family fine-tunes a batch's subsets as it can
+(:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family trains
+their copies of θ0 side by side, the same figures at a fraction of the wall time).
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ class LookaheadEstimator(TrainingEstimator):
             "patience": options.patience or options.epochs})
 
     def prepare(self, subsets: np.ndarray, inputs: EstimatorInputs) -> FineTuningCurves | None:
-        """With ``lookahead.stopping: task_curves``, every task's own fine-tuning curve under
+        """With a curve ``lookahead.stopping`` rule, every task's own fine-tuning curve under
         the lookahead's schedule (:func:`base_curves`); else None."""
         options = self.options.lookahead
-        if options.stopping != "task_curves":
+        if options.stopping == "validation":
             return None
         if inputs.base is None:
             raise ValueError(f"the {self.name} estimator needs the base model")
@@ -72,16 +74,18 @@ class LookaheadEstimator(TrainingEstimator):
         base = inputs.base
         options = self.options.lookahead
         training = self.schedule(base.training)
-        budgets = None
+        budgets, keep_best = None, options.keep_best
         if prepared is not None:
-            budgets = curve_stops(prepared, subsets, training.early_stopping,
-                                  options.patience or options.epochs)[1]
+            stops = curve_stops(prepared, subsets, training.early_stopping,
+                                options.patience or options.epochs)[1]
+            screened = options.stopping == "curve_screened"
+            budgets = np.where(stops == 0, 0, options.epochs) if screened else stops
+            keep_best = screened
         device = torch.device(device)
         model = restore(base.spec, base.state).to(device)
         family = family_of(base.taskset)
         seeds = base.seed + SEED_OFFSET + np.arange(options.seeds)
         return np.mean([family.fine_tuned_figures(model, base.spec, base.taskset, subsets,
                                                   training, options.epochs, int(seed), device,
-                                                  options.keep_best and budgets is None,
-                                                  options.target, budgets)
+                                                  keep_best, options.target, budgets)
                         for seed in seeds], axis=0)
