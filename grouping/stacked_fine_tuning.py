@@ -61,7 +61,10 @@ def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets
     fixed schedule of that length, its state taken after its own budget, or with
     ``keep_best`` the best of epochs 0..budget; the subsets are stacked in order of their
     budgets, so that a stack trains only as long as its longest budget, and a budget of 0 is
-    θ0's own figures."""
+    θ0's own figures. The copies that train are stacked ``stack_size`` at a time, or, when
+    fewer train, in one stack of the smallest power of two that holds them (padded as
+    always): a subset's figures then depend, in float rounding only, on which of its
+    batch's subsets train (the config fixes the batches, so not on the number of workers)."""
     if spec.dropout > 0:
         raise ValueError("stacked fine-tuning draws no dropout masks; use the one-copy loop")
     subsets = np.asarray(subsets)
@@ -75,6 +78,8 @@ def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets
         untrained = budgets == 0
         figures[untrained] = _base_figures(base, taskset, target, device)[subsets[untrained]]
         order = order[~untrained[order]]
+    if budgets is not None and 0 < len(order) < stack_size:
+        stack_size = 1 << (len(order) - 1).bit_length()
     for start in range(0, len(order), stack_size):
         chosen = order[start:start + stack_size]
         padded = np.concatenate([chosen, np.repeat(chosen[-1:], stack_size - len(chosen))])

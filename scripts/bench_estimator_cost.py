@@ -1,9 +1,10 @@
-"""Cost of the training estimators' variants (lookahead, truncated) against the truth they
-rank, in one process on one thread: the sampled subsets are cut into the batches the pipeline's
-estimate stage forms (``workers.estimates.estimate_batch_size`` under the config's ``ray``
-section), and batch by batch each subset is truly trained (``true_affinity.protocol`` of the
-config: a group model from scratch, or θ0 fine-tuned) and then every variant estimates the
-batch, in turn, so that every ratio is measured against a reference of the same run.
+"""Cost of the training estimators' variants (lookahead, task_curves, truncated) against the
+truth they rank, in one process on one thread: the sampled subsets are cut into the batches
+the pipeline's estimate stage forms for all m of them
+(``workers.estimates.estimate_batch_size`` under the config's ``ray`` section), and batch
+by batch each subset is truly trained (``true_affinity.protocol`` of the config: a group
+model from scratch, or θ0 fine-tuned) and then every variant estimates the batch, in turn,
+so that every ratio is measured against a reference of the same run.
 
 The timed subsets are the first ``--subsets`` of the m subsets the config's estimate stage
 samples (``affinity.coverage`` or ``num_subsets``). What a variant prepares once for all m
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                              truth.epochs, config.seed, cpu)
 
     seconds: dict[str, list[float]] = {"truth": [], **{text: [] for text in variants}}
-    batch_sizes = {text: estimate_batch_size(estimator.options, len(subsets), config.ray)
+    batch_sizes = {text: estimate_batch_size(estimator.options, len(all_subsets), config.ray)
                    for text, estimator in variants.items()}
     batch = max(batch_sizes.values())
     for start in range(0, len(subsets), batch):
