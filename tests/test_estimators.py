@@ -276,7 +276,8 @@ def test_lookahead_keep_best_keeps_the_epoch_a_group_model_would_stop_at(planted
     candidates.insert(0, start)
     assert len({round(float(c.mean()), 12) for c in candidates}) > 1
     kept = _estimate(AffinityConfig(estimator="lookahead", lookahead={
-        "epochs": 4, "target": "ap", "keep_best": True}), subset[None], inputs)[0]
+        "epochs": 4, "target": "ap", "keep_best": True, "stopping": "validation"}),
+        subset[None], inputs)[0]
     best = int(np.argmin([c.mean() for c in candidates]))
     assert np.allclose(kept, candidates[best])
     assert kept.mean() <= candidates[-1].mean() and kept.mean() <= start.mean()
@@ -290,7 +291,8 @@ def test_lookahead_keep_best_keeps_the_epoch_a_group_model_would_stop_at(planted
             if since >= patience:
                 break
         stopped = _estimate(AffinityConfig(estimator="lookahead", lookahead={
-            "epochs": 4, "target": "ap", "patience": patience}), subset[None], inputs)[0]
+            "epochs": 4, "target": "ap", "patience": patience, "stopping": "validation"}),
+            subset[None], inputs)[0]
         assert np.allclose(stopped, candidates[best])
 
 
@@ -614,7 +616,8 @@ def test_lookahead_stopping_read_off_task_curves(planted_base, monkeypatch, earl
     rng = np.random.default_rng(3)
     subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(12)]), axis=1)
     settings = {"epochs": 5, "target": "ap", "patience": 2}
-    validated = AffinityConfig(estimator="lookahead", lookahead=settings)
+    validated = AffinityConfig(estimator="lookahead",
+                               lookahead={**settings, "stopping": "validation"})
     from_curves = AffinityConfig(estimator="lookahead",
                                  lookahead={**settings, "stopping": "task_curves"})
     trained = _estimate(from_curves, subsets, inputs)
@@ -642,8 +645,8 @@ def test_curve_screened_lookahead_trains_only_subsets_whose_curves_move(planted_
     stops = curve_stops(curves, subsets, "val_loss", 1)[1]
     assert 0 < (stops == 0).sum() < len(subsets)
     screened = estimator.estimate(subsets, inputs, curves)
-    validated = _estimate(AffinityConfig(estimator="lookahead", lookahead=settings),
-                          subsets, inputs)
+    validated = _estimate(AffinityConfig(estimator="lookahead", lookahead={
+        **settings, "stopping": "validation"}), subsets, inputs)
     untrained = base_losses(restore(base.spec, base.state), base.spec, base.taskset,
                             torch.device("cpu"), "ap")[subsets]
     moved = stops > 0
@@ -657,3 +660,22 @@ def test_lookahead_stopping_from_task_curves_needs_keep_best():
                         "lookahead": {"stopping": "task_curves", "keep_best": False}}
     with pytest.raises(ConfigError, match="affinity.lookahead.stopping"):
         parse_config(data)
+
+
+def test_the_default_stopping_rule_screens_by_curves_where_copies_train_side_by_side(
+        planted_base):
+    """Unset, ``lookahead.stopping`` is ``curve_screened`` for a binary-label task set whose
+    model has no dropout and keeps its best checkpoint, ``validation`` otherwise; a set
+    value is kept as it is."""
+    from grouping.affinity.estimators.lookahead import LookaheadEstimator
+
+    def rule(base=planted_base, **lookahead) -> str:
+        return LookaheadEstimator(AffinityConfig(lookahead=lookahead)).stopping(base)
+
+    assert rule() == "curve_screened"
+    assert rule(keep_best=False) == "validation"
+    assert rule(stopping="validation") == "validation"
+    assert rule(stopping="task_curves") == "task_curves"
+    with_dropout = dataclasses.replace(
+        planted_base, spec=dataclasses.replace(planted_base.spec, dropout=0.1))
+    assert rule(with_dropout) == "validation"

@@ -18,8 +18,9 @@ batch order with the error report's truth. With ``lookahead.stopping: task_curve
 kept epoch is not found by evaluating S's model after every epoch but read off the tasks'
 own fine-tuning curves, as :mod:`grouping.affinity.estimators.task_curves` reads it (e*(S)),
 and S's copy is fine-tuned for exactly e*(S) epochs with no validation pass (0: θ0's own
-figures); with ``curve_screened`` only the subsets with e*(S) = 0 are read off the curves
-(θ0's figures, untrained) and the others are fine-tuned and validated as by default. The
+figures); with ``curve_screened`` (the default where the family trains side by side) only
+the subsets with e*(S) = 0 are read off the curves (θ0's figures, untrained) and the others
+are fine-tuned and validated every epoch. The
 family fine-tunes a batch's subsets as it can
 (:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family trains
 their copies of θ0 side by side, the same figures at a fraction of the wall time).
@@ -30,7 +31,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, TrainingEstimator
+from grouping.affinity.estimators.base import (
+    SEED_OFFSET,
+    BaseModel,
+    EstimatorInputs,
+    TrainingEstimator,
+)
 from grouping.affinity.estimators.task_curves import base_curves, curve_stops
 from grouping.config import TrainConfig
 from grouping.families import family_of
@@ -57,14 +63,25 @@ class LookaheadEstimator(TrainingEstimator):
             "batch_size": options.batch_size or fine_tuning.batch_size,
             "patience": options.patience or options.epochs})
 
-    def prepare(self, subsets: np.ndarray, inputs: EstimatorInputs) -> FineTuningCurves | None:
-        """With a curve ``lookahead.stopping`` rule, every task's own fine-tuning curve under
-        the lookahead's schedule (:func:`base_curves`); else None."""
+    def stopping(self, base: BaseModel) -> str:
+        """The stopping rule in force: ``lookahead.stopping``, or when it is unset
+        ``curve_screened`` where the lookahead keeps its best checkpoint and the task family
+        trains copies side by side (binary labels, a model without dropout), ``validation``
+        elsewhere."""
         options = self.options.lookahead
-        if options.stopping == "validation":
-            return None
+        if options.stopping is not None:
+            return options.stopping
+        side_by_side = family_of(base.taskset).binary_labels and base.spec.dropout == 0
+        return "curve_screened" if options.keep_best and side_by_side else "validation"
+
+    def prepare(self, subsets: np.ndarray, inputs: EstimatorInputs) -> FineTuningCurves | None:
+        """Under a curve stopping rule (:meth:`stopping`), every task's own fine-tuning curve
+        under the lookahead's schedule (:func:`base_curves`); else None."""
         if inputs.base is None:
             raise ValueError(f"the {self.name} estimator needs the base model")
+        if self.stopping(inputs.base) == "validation":
+            return None
+        options = self.options.lookahead
         return base_curves(inputs.base, subsets, self.schedule(inputs.base.training),
                            options.epochs, options.target)
 
@@ -78,7 +95,7 @@ class LookaheadEstimator(TrainingEstimator):
         if prepared is not None:
             stops = curve_stops(prepared, subsets, training.early_stopping,
                                 options.patience or options.epochs)[1]
-            screened = options.stopping == "curve_screened"
+            screened = self.stopping(base) == "curve_screened"
             budgets = np.where(stops == 0, 0, options.epochs) if screened else stops
             keep_best = screened
         device = torch.device(device)
