@@ -438,7 +438,10 @@ class AffinityConfig(_Strict):
     seconds on snap_amazon_sub. ``truncated`` ranks yeast far better (1.05 of the floor) but
     its budget is absolute: 15 epochs leave the quickstart's slow planted model unranked. It
     trains θ0 once per subset, so on task sets of thousands of subsets on large graphs
-    ``surrogate`` is the scalable choice.
+    ``surrogate`` is the scalable choice. Since hypothesis 21 the lookahead first records
+    each task's own fine-tuning curve and leaves untrained the subsets whose mean curve
+    never improves on epoch 0 (``lookahead.stopping``): the same ranking within its standard
+    errors at 0.027 of the truth's cost on snap_amazon_sub, against 0.197.
 
     ``projection`` of the output gradients (grouping.affinity.projectors): ``dense`` (a
     Gaussian block per parameter), ``kronecker`` (per linear layer P_out ⊗ P_in, never forming

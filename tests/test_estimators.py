@@ -679,3 +679,22 @@ def test_the_default_stopping_rule_screens_by_curves_where_copies_train_side_by_
     with_dropout = dataclasses.replace(
         planted_base, spec=dataclasses.replace(planted_base.spec, dropout=0.1))
     assert rule(with_dropout) == "validation"
+
+
+def test_the_default_lookahead_is_the_same_on_any_number_of_workers(ray_session,
+                                                                    planted_base):
+    """The curve-screened default: its curves are prepared once, its batches are fixed by
+    the config, so one worker and two give the same f̂ bit for bit."""
+    from workers.estimates import compute_subset_losses
+
+    base = dataclasses.replace(planted_base, training=planted_base.training.model_copy(
+        update={"lr": 0.05}))  # some subsets' curves keep epoch 0, some move
+    rng = np.random.default_rng(2)
+    subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(40)]), axis=1)
+    options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 3})
+    table = planted_table()
+    one = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                                RayConfig(num_workers=1), base=base)
+    two = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
+                                RayConfig(num_workers=2), base=base)
+    assert np.array_equal(one, two)
