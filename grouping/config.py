@@ -325,7 +325,7 @@ class FirstOrderConfig(_Strict):
     normalize: bool = False
 
 
-class CalibrationConfig(_Strict):
+class CalibratedSurrogateConfig(_Strict):
     """The calibrated surrogate (grouping.affinity.estimators.calibrated_surrogate): the
     surrogate's λ picked from ``l2s`` so that its predicted change of the validation losses
     matches, in mean relative size, the change that truly training the first ``subsets`` of
@@ -456,7 +456,7 @@ class AffinityConfig(_Strict):
     method: Literal["gradtag", "true"] = "gradtag"
     estimator: EstimatorName = "lookahead"
     first_order: FirstOrderConfig = FirstOrderConfig()
-    calibrated_surrogate: CalibrationConfig = CalibrationConfig()
+    calibrated_surrogate: CalibratedSurrogateConfig = CalibratedSurrogateConfig()
     lookahead: LookaheadConfig = LookaheadConfig()
     task_curves: TaskCurvesConfig = TaskCurvesConfig()
     truncated: TruncatedConfig = TruncatedConfig()
@@ -682,7 +682,8 @@ class RunConfig(_Strict):
                 raise ValueError(f"{field}: 'ap' applies to binary-label task sets; an "
                                  "instructions task set's truth is its answer loss (use 'loss')")
         lookahead = self.affinity.lookahead
-        if lookahead.stopping not in (None, "validation"):
+        if self.affinity.estimator == "lookahead" and lookahead.stopping not in (
+                None, "validation"):
             rule = lookahead.stopping
             if not lookahead.keep_best:
                 raise ValueError(f"affinity.lookahead.stopping: {rule} picks the epoch kept, "

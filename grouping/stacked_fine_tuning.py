@@ -12,8 +12,9 @@ losses gives each copy's slice its own gradient), the same validation criterion 
 (``train.early_stopping``), the same checkpoint rule (strict improvement, ``patience``
 epochs in a row without one stop a copy; the loop ends when every copy has stopped) and the
 same final figures. Only float rounding differs (batched matrix products), which is why the
-copies are always cut into stacks of :data:`STACK_SIZE`, padded with repeats of the last
-subset: a subset's figures then do not depend on how many subsets a batch held.
+copies are cut into stacks of :data:`STACK_SIZE`, padded with repeats of the last subset:
+a subset's figures then do not depend on how many subsets a batch held (except where only
+some subsets of a batch train, per-subset budgets, whose few copies share a smaller stack).
 
 What it saves is the per-step overhead of a small model (Python, optimizer and kernel
 launches), which dominates a lookahead of a few epochs on a task set of a few thousand
@@ -41,7 +42,8 @@ from grouping.training import (
 
 STACK_SIZE = 16
 """Copies trained together (a batch of subsets is cut into stacks of this many, the last one
-padded), fixed so that a subset's rounding never depends on its batch-mates' number."""
+padded), fixed so that a subset's rounding does not depend on its batch-mates' number (a
+batch with per-subset budgets stacks the few that train in a smaller stack)."""
 
 
 def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets: np.ndarray,
@@ -76,27 +78,30 @@ def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets
     figures = np.empty(subsets.shape)
     if budgets is not None and (budgets == 0).any():
         untrained = budgets == 0
-        figures[untrained] = _base_figures(base, taskset, target, device)[subsets[untrained]]
+        figures[untrained] = _base_figures(base, spec, taskset, target,
+                                           device)[subsets[untrained]]
         order = order[~untrained[order]]
     if budgets is not None and 0 < len(order) < stack_size:
-        stack_size = 1 << (len(order) - 1).bit_length()
+        stack_size = min(stack_size, 1 << (len(order) - 1).bit_length())
     for start in range(0, len(order), stack_size):
         chosen = order[start:start + stack_size]
         padded = np.concatenate([chosen, np.repeat(chosen[-1:], stack_size - len(chosen))])
-        own = None if budgets is None else budgets[padded]
+        stack_budgets = None if budgets is None else budgets[padded]
         figures[chosen] = _fine_tune_stack(
             base, spec, taskset, subsets[padded], config,
-            epochs if own is None else int(own.max()), seed, device, keep_best, target,
-            own)[:len(chosen)]
+            epochs if stack_budgets is None else int(stack_budgets.max()), seed, device,
+            keep_best, target, stack_budgets)[:len(chosen)]
     return figures
 
 
 @torch.no_grad()
-def _base_figures(base: SignMLP, taskset: TaskSet, target: TruthTarget,
+def _base_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, target: TruthTarget,
                   device: torch.device) -> np.ndarray:
-    """[T] every task's validation figure under θ0 (one forward of all its heads)."""
+    """[T] every task's validation figure under θ0 (one forward of a copy of all its heads,
+    leaving ``base`` as it was)."""
     val = taskset.indices(VAL)
-    logits = predict(base.to(device), torch.tensor(taskset.features[val], device=device))
+    copy = select_heads(base, spec, np.arange(taskset.num_tasks)).to(device)
+    logits = predict(copy, torch.tensor(taskset.features[val], device=device))
     labels = torch.tensor(taskset.labels[val], dtype=torch.float64, device=device)
     return validation_figures(logits.double(), labels, target)
 

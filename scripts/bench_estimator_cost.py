@@ -45,8 +45,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True,
                         help="run directory (its linear and base stages are reused)")
-    parser.add_argument("--subsets", type=int, default=8,
-                        help="subsets timed (the first of the config's m)")
+    parser.add_argument("--subsets", type=int, default=64,
+                        help="subsets timed (the first of the config's m; at least one of the "
+                             "pipeline's batches, or the timed batch is one it never forms)")
     parser.add_argument("--variant", action="append", default=[],
                         metavar="ESTIMATOR[:FIELD=VALUE,...]",
                         help="a training estimator (lookahead, task_curves, truncated) and "
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for text, estimator in variants.items():
             if not isinstance(estimator, TrainingEstimator):
                 raise ConfigError(f"estimator variant {text!r}: only the training estimators "
-                                  "(lookahead, truncated) are timed here")
+                                  "(lookahead, task_curves, truncated) are timed here")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

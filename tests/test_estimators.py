@@ -186,9 +186,15 @@ def test_estimators_free_of_batch_mates_give_every_worker_batches():
         assert estimate_batch_size(options, 1100, config) == 64
         assert estimate_batch_size(options, 3, config) == 1
         assert estimate_batch_size(options, 50, RayConfig(num_workers=1)) == 13
-    # the lookahead's copies are trained in stacks of 16: batches fill whole stacks
-    lookahead = AffinityConfig(estimator="lookahead")
+    # the validated lookahead's copies are trained in stacks of 16: batches fill whole
+    # stacks; under a curve rule (and the default, which may resolve to one) the stack
+    # follows how many of a batch's subsets train, so the batch is ray.subsets_per_batch
+    lookahead = AffinityConfig(estimator="lookahead", lookahead={"stopping": "validation"})
     assert ESTIMATORS["lookahead"].batch_multiple == 16
+    for stopping in (None, "curve_screened", "task_curves"):
+        curved = AffinityConfig(estimator="lookahead", lookahead={"stopping": stopping})
+        assert estimate_batch_size(curved, 50, config) == 64
+        assert estimate_batch_size(curved, 50, RayConfig(num_workers=1)) == 64
     assert estimate_batch_size(lookahead, 50, config) == 16
     assert estimate_batch_size(lookahead, 3, config) == 16
     assert estimate_batch_size(lookahead, 1100, config) == 64
@@ -567,8 +573,17 @@ def test_calibrated_surrogate_fits_at_the_l2_whose_change_matches_the_truths(mon
     plain = AffinityConfig(estimator="surrogate", l2=calibration.l2)
     assert np.array_equal(estimate, _estimate(plain, subsets, table))
     assert estimate[0, 0] < estimate[1:4, 0].min()
+    with pytest.raises(ValueError, match="not prepared"):
+        from grouping.affinity.estimators.task_curves import curve_stops
+        from grouping.stacked_fine_tuning import FineTuningCurves
+
+        curves = FineTuningCurves(np.array([0, 2]), np.zeros((2, 3)), np.zeros((2, 3)),
+                                  np.zeros((2, 3)))
+        curve_stops(curves, np.array([[0, 1]]), "val_loss", 2)
     assert closest_l2([1e-2, 1e-1, 1.0], np.array([0.4, 0.1, 0.01]), 0.03) == 1.0
     assert closest_l2([1e-2, 1e-1, 1.0], np.array([0.4, 0.1, 0.01]), 0.2) == 1e-1
+    assert closest_l2([1e-2, 1e-1], np.array([np.nan, 0.1]), 0.02) == 1e-1
+    assert closest_l2([1e-2, 1e-1], np.array([0.3, 0.1]), float("nan")) is None
 
 
 def test_calibrated_surrogate_measures_the_truths_change_at_seeds_of_its_own(planted_base):
@@ -685,16 +700,26 @@ def test_the_default_lookahead_is_the_same_on_any_number_of_workers(ray_session,
                                                                     planted_base):
     """The curve-screened default: its curves are prepared once, its batches are fixed by
     the config, so one worker and two give the same f̂ bit for bit."""
-    from workers.estimates import compute_subset_losses
+    from grouping.affinity.estimators.task_curves import curve_stops
+    from workers.estimates import compute_subset_losses, estimate_batch_size
 
     base = dataclasses.replace(planted_base, training=planted_base.training.model_copy(
         update={"lr": 0.05}))  # some subsets' curves keep epoch 0, some move
     rng = np.random.default_rng(2)
-    subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(40)]), axis=1)
+    subsets = np.sort(np.array([rng.choice(24, 4, replace=False) for _ in range(100)]), axis=1)
     options = AffinityConfig(estimator="lookahead", lookahead={"epochs": 3})
+    estimator = make_estimator(options)
+    curves = estimator.prepare(subsets, EstimatorInputs(None, None, None, base))
+    stops = curve_stops(curves, subsets, base.training.early_stopping, 3)[1]
+    assert 0 < (stops == 0).sum() < len(subsets)
+    # the validated lookahead would cut 100 subsets into 32s on one worker, 16s on two
+    validated = AffinityConfig(estimator="lookahead", lookahead={"stopping": "validation"})
+    assert (estimate_batch_size(validated, 100, RayConfig(num_workers=1, subsets_per_batch=48))
+            != estimate_batch_size(validated, 100, RayConfig(num_workers=2,
+                                                             subsets_per_batch=48)))
     table = planted_table()
     one = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
-                                RayConfig(num_workers=1), base=base)
+                                RayConfig(num_workers=1, subsets_per_batch=48), base=base)
     two = compute_subset_losses(subsets, table.rows, table.f0, table.gradients, options,
-                                RayConfig(num_workers=2), base=base)
+                                RayConfig(num_workers=2, subsets_per_batch=48), base=base)
     assert np.array_equal(one, two)

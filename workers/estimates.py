@@ -31,14 +31,15 @@ independent of their batch-mates (so that subsets of unequal cost even out)."""
 
 def estimate_batch_size(options: AffinityConfig, num_subsets: int, config: RayConfig) -> int:
     """Subsets per batch of ``options``' estimator over ``num_subsets`` subsets:
-    ``ray.subsets_per_batch`` for a batched fit (``Estimator.independent_subsets`` off),
+    ``ray.subsets_per_batch`` where a subset's f̂ depends on its batch-mates
+    (``Estimator.independent_of_batch`` false: a batched fit, the lookahead's curve rules),
     else at most that, and small enough that each of ``ray.num_workers`` workers gets
     :data:`BATCHES_PER_WORKER` batches — 50 subsets in one batch of 64 would keep one worker
     busy while the others idle; rounded up to a multiple of the estimator's
     ``batch_multiple`` (a batch of 7 would fill a stack of 16 with copies of its last
     subset, costing what 16 do). Fixed by the config and the number of subsets, never by the
     cluster, so that interrupted runs find their saved batches again."""
-    if not ESTIMATORS[options.estimator].independent_subsets:
+    if not ESTIMATORS[options.estimator].independent_of_batch(options):
         return config.subsets_per_batch
     spread = math.ceil(num_subsets / (BATCHES_PER_WORKER * config.num_workers))
     multiple = ESTIMATORS[options.estimator].batch_multiple

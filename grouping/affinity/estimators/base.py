@@ -94,6 +94,13 @@ class Estimator(ABC):
     batched fit, whose figures are fixed only for fixed batches of ``ray.subsets_per_batch``;
     see :func:`workers.estimates.estimate_batch_size`)."""
 
+    @classmethod
+    def independent_of_batch(cls, options: AffinityConfig) -> bool:
+        """Whether a subset's f̂ under ``options`` is the same whatever other subsets share
+        its batch (``independent_subsets`` unless a subclass's options change it); False
+        makes the estimate stage cut exactly ``ray.subsets_per_batch`` subsets a batch."""
+        return cls.independent_subsets
+
     batch_multiple: ClassVar[int] = 1
     """How many subsets the estimator computes together (its batches are rounded up to a
     multiple of it: the lookahead's side-by-side copies fill stacks of this size)."""
@@ -157,7 +164,6 @@ def task_loss_gradients(table: EstimatorInputs) -> tuple[np.ndarray, np.ndarray,
     probability = 1 / (1 + np.exp(-table.f0.astype(np.float64)))
     num_tasks = len(rows.offsets)
     means = np.zeros((2, num_tasks, table.dim))
-    losses = np.zeros(num_tasks)
     for task in range(num_tasks):
         for split in (TRAIN, VAL):
             span = slice(rows.offsets[task, split], rows.offsets[task, split + 1])
@@ -167,8 +173,18 @@ def task_loss_gradients(table: EstimatorInputs) -> tuple[np.ndarray, np.ndarray,
             residual = weight * (probability[span] - rows.label[span])
             features = torch.from_numpy(np.asarray(table.gradients[span], np.float64))
             means[split, task] = (torch.from_numpy(residual) @ features).numpy() / weight.sum()
-            if split == VAL:
-                logit = table.f0[span].astype(np.float64)
-                loss = np.logaddexp(0.0, logit) - rows.label[span] * logit
-                losses[task] = np.average(loss, weights=weight)
-    return means[TRAIN], means[VAL], losses
+    return means[TRAIN], means[VAL], base_validation_losses(rows, table.f0)
+
+
+def base_validation_losses(rows: RowTable, f0: np.ndarray) -> np.ndarray:
+    """Each task's weighted mean validation cross-entropy at θ0 over the table's rows [T]
+    (0 for a task without weighted validation rows)."""
+    losses = np.zeros(len(rows.offsets))
+    for task in range(len(rows.offsets)):
+        span = slice(rows.offsets[task, VAL], rows.offsets[task, VAL + 1])
+        weight = rows.weight[span].astype(np.float64)
+        if weight.sum() > 0:
+            logit = np.asarray(f0[span], np.float64)
+            loss = np.logaddexp(0.0, logit) - rows.label[span] * logit
+            losses[task] = np.average(loss, weights=weight)
+    return losses

@@ -21,7 +21,11 @@ import numpy as np
 import torch
 
 from grouping.affinity.error_report import mean_relative_change
-from grouping.affinity.estimators.base import SEED_OFFSET, EstimatorInputs, task_loss_gradients
+from grouping.affinity.estimators.base import (
+    SEED_OFFSET,
+    EstimatorInputs,
+    base_validation_losses,
+)
 from grouping.affinity.estimators.surrogate import SurrogateEstimator
 from grouping.affinity.true_affinity import (
     base_losses,
@@ -42,12 +46,15 @@ class Calibration:
     curvatures: np.ndarray | None
 
 
-def closest_l2(l2s: list[float], predicted: np.ndarray, true_change: float) -> float:
+def closest_l2(l2s: list[float], predicted: np.ndarray, true_change: float) -> float | None:
     """The λ of ``l2s`` whose predicted mean change is closest to ``true_change`` on a log
-    scale (the first of equals)."""
+    scale (the first of equals); None when no change is finite (nothing to match: the
+    caller keeps ``affinity.l2``)."""
+    if not np.isfinite(true_change) or not np.isfinite(predicted).any():
+        return None
     tiny = np.finfo(np.float64).tiny
     gap = np.abs(np.log(np.maximum(predicted, tiny)) - np.log(max(true_change, tiny)))
-    return l2s[int(np.argmin(gap))]
+    return l2s[int(np.argmin(np.where(np.isfinite(gap), gap, np.inf)))]
 
 
 class CalibratedSurrogateEstimator(SurrogateEstimator):
@@ -85,12 +92,13 @@ class CalibratedSurrogateEstimator(SurrogateEstimator):
         options = self.options.calibrated_surrogate
         chosen = subsets[:options.subsets]
         true_change = self.true_change(chosen, inputs)
-        fit_base = task_loss_gradients(inputs)[2][chosen]
+        fit_base = base_validation_losses(inputs.rows, inputs.f0)[chosen]
         predicted = np.array([mean_relative_change(
             self.fitted_losses(chosen, inputs, curvatures, l2), fit_base)
             for l2 in options.l2s])
-        return Calibration(closest_l2(options.l2s, predicted, true_change), true_change,
-                           predicted, curvatures)
+        l2 = closest_l2(options.l2s, predicted, true_change)
+        return Calibration(self.options.l2 if l2 is None else l2, true_change, predicted,
+                           curvatures)
 
     def estimate(self, subsets: np.ndarray, table: EstimatorInputs, prepared: Calibration,
                  device: torch.device | str = "cpu") -> np.ndarray:

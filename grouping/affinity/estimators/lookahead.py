@@ -18,9 +18,11 @@ batch order with the error report's truth. With ``lookahead.stopping: task_curve
 kept epoch is not found by evaluating S's model after every epoch but read off the tasks'
 own fine-tuning curves, as :mod:`grouping.affinity.estimators.task_curves` reads it (e*(S)),
 and S's copy is fine-tuned for exactly e*(S) epochs with no validation pass (0: θ0's own
-figures); with ``curve_screened`` (the default where the family trains side by side) only
-the subsets with e*(S) = 0 are read off the curves (θ0's figures, untrained) and the others
-are fine-tuned and validated every epoch. The
+figures); with ``curve_screened`` (the default where the lookahead keeps its best checkpoint
+and the family trains copies side by side) only the subsets with e*(S) = 0 are read off the
+curves (θ0's figures, untrained) and the others are fine-tuned and validated every epoch.
+The curves are trained once, under the first of the lookahead's seeds, and screen the
+subsets for every seed. The
 family fine-tunes a batch's subsets as it can
 (:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family trains
 their copies of θ0 side by side, the same figures at a fraction of the wall time).
@@ -38,7 +40,7 @@ from grouping.affinity.estimators.base import (
     TrainingEstimator,
 )
 from grouping.affinity.estimators.task_curves import base_curves, curve_stops
-from grouping.config import TrainConfig
+from grouping.config import AffinityConfig, TrainConfig
 from grouping.families import family_of
 from grouping.models import restore
 from grouping.stacked_fine_tuning import STACK_SIZE, FineTuningCurves
@@ -50,8 +52,9 @@ class LookaheadEstimator(TrainingEstimator):
 
     name = "lookahead"
     batch_multiple = STACK_SIZE
-    cost = ("lookahead.epochs epochs of fine-tuning per subset: that fraction of the "
-            "fine-tune truth's epochs, plus one validation pass per epoch")
+    cost = ("lookahead.epochs epochs of fine-tuning per subset, plus one validation pass "
+            "per epoch; under a curve stopping rule, lookahead.epochs epochs per task once "
+            "(its curve) and training only for the subsets the curves do not screen out")
 
     def schedule(self, fine_tuning: TrainConfig) -> TrainConfig:
         """The fine-tuning settings of a lookahead: ``fine_tuning``'s, with the learning rate,
@@ -62,6 +65,14 @@ class LookaheadEstimator(TrainingEstimator):
             "lr": options.lr or fine_tuning.lr,
             "batch_size": options.batch_size or fine_tuning.batch_size,
             "patience": options.patience or options.epochs})
+
+    @classmethod
+    def independent_of_batch(cls, options: AffinityConfig) -> bool:
+        """False under a curve stopping rule or the default, which may resolve to one: the
+        subsets of a batch that train share a stack whose size follows their number, so a
+        subset's rounding depends on its batch, which must then be fixed by the config
+        alone (``ray.subsets_per_batch``), not by the number of workers."""
+        return options.lookahead.stopping == "validation"
 
     def stopping(self, base: BaseModel) -> str:
         """The stopping rule in force: ``lookahead.stopping``, or when it is unset

@@ -13,11 +13,12 @@ each task's validation curve c_j(e) recorded at epochs e = 0..E), and for a subs
             positive-weighted loss; strict improvement, ``task_curves.patience``),
     f̂(S, i) = figure_i(e*(S)).
 
-With the trunk frozen this is exactly the lookahead with ``keep_best`` (each copy's heads
-and skip rows then train independently, and Adam is blind to the 1/|S| scale of a head's
-gradient); with the trunk trained, what S's tasks do to one another's shared features is
-what it leaves out. Its cost is T fine-tunings instead of m (the lookahead of TAG, Fifty et
-al., NeurIPS 2021, Eq. 2-3, taken per task and combined by the checkpoint rule).
+With the trunk frozen (as only a test does) this is the lookahead with ``keep_best`` up to
+Adam's ε, without weight decay (each copy's heads and skip rows then train independently,
+and Adam is blind to the 1/|S| scale of a head's gradient); with the trunk trained, what
+S's tasks do to one another's shared features is what it leaves out. Its cost is T
+fine-tunings instead of m (the lookahead of TAG, Fifty et al., NeurIPS 2021, Eq. 2-3, taken
+per task and combined by the checkpoint rule).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def curve_stops(curves: FineTuningCurves, subsets: np.ndarray, early_stopping: s
                 patience: int) -> tuple[np.ndarray, np.ndarray]:
     """(each subset's tasks as rows of ``curves`` [b, s], e*(S) [b]: the epoch early stopping
     by ``early_stopping`` keeps on the mean of S's curves)."""
-    members = np.searchsorted(curves.tasks, subsets)
+    members = np.minimum(np.searchsorted(curves.tasks, subsets), len(curves.tasks) - 1)
+    if not np.array_equal(curves.tasks[members], subsets):
+        raise ValueError("a subset holds a task whose curve was not prepared")
     criterion = subset_criteria(curves, members, early_stopping == "val_ap")
     return members, kept_epochs(criterion, patience)
 
