@@ -78,14 +78,15 @@ def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets
     figures = np.empty(subsets.shape)
     if budgets is not None and (budgets == 0).any():
         untrained = budgets == 0
-        figures[untrained] = _base_figures(base, spec, taskset, target,
-                                           device)[subsets[untrained]]
+        every_task = np.arange(taskset.num_tasks)
+        figures[untrained] = validation_head_figures(base, spec, taskset, every_task, device,
+                                                     target=target)[subsets[untrained]]
         order = order[~untrained[order]]
     if budgets is not None and 0 < len(order) < stack_size:
         stack_size = min(stack_size, 1 << (len(order) - 1).bit_length())
     for start in range(0, len(order), stack_size):
         chosen = order[start:start + stack_size]
-        padded = np.concatenate([chosen, np.repeat(chosen[-1:], stack_size - len(chosen))])
+        padded = _padded(chosen, stack_size)
         stack_budgets = None if budgets is None else budgets[padded]
         figures[chosen] = _fine_tune_stack(
             base, spec, taskset, subsets[padded], config,
@@ -95,15 +96,24 @@ def fine_tuned_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, subsets
 
 
 @torch.no_grad()
-def _base_figures(base: SignMLP, spec: ModelSpec, taskset: TaskSet, target: TruthTarget,
-                  device: torch.device) -> np.ndarray:
-    """[T] every task's validation figure under θ0 (one forward of a copy of all its heads,
-    leaving ``base`` as it was)."""
+def validation_head_figures(model: SignMLP, spec: ModelSpec, taskset: TaskSet,
+                            tasks: np.ndarray, device: torch.device,
+                            heads: np.ndarray | None = None,
+                            target: TruthTarget = "loss") -> np.ndarray:
+    """Each of ``tasks``' validation figure (:func:`grouping.training.validation_figures`)
+    under head ``heads[k]`` of ``model`` (default: head = task), from one forward of a copy
+    holding only those heads, ``model`` left as it was."""
     val = taskset.indices(VAL)
-    copy = select_heads(base, spec, np.arange(taskset.num_tasks)).to(device)
-    logits = predict(copy, torch.tensor(taskset.features[val], device=device))
-    labels = torch.tensor(taskset.labels[val], dtype=torch.float64, device=device)
-    return validation_figures(logits.double(), labels, target)
+    logits = predict(select_heads(model, spec, tasks if heads is None else heads),
+                     torch.tensor(taskset.features[val], device=device)).double()
+    labels = torch.tensor(taskset.labels[np.ix_(val, tasks)], dtype=torch.float64,
+                          device=device)
+    return validation_figures(logits, labels, target)
+
+
+def _padded(indices: np.ndarray, size: int) -> np.ndarray:
+    """``indices`` padded to ``size`` with repeats of its last entry (a full stack)."""
+    return np.concatenate([indices, np.repeat(indices[-1:], size - len(indices), 0)])
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,7 @@ def fine_tuning_curves(base: SignMLP, spec: ModelSpec, taskset: TaskSet, tasks: 
     parts: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(tasks), stack_size):
         chunk = tasks[start:start + stack_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], stack_size - len(chunk))])
+        padded = _padded(chunk, stack_size)
         stack = _StackedCopies(base, spec, taskset, padded[:, None], config, device)
         generator = torch.Generator().manual_seed(seed)
         epochs_seen = []

@@ -21,8 +21,9 @@ from grouping.models import ModelSpec, build_model
 from grouping.models.per_task_linear import PerTaskLinear
 from grouping.models.sign_mlp import HEAD_PARAMETERS, select_heads, write_heads
 from grouping.stacked_fine_tuning import fine_tuned_figures as stacked_figures
+from grouping.stacked_fine_tuning import validation_head_figures
 from grouping.tasksets import VAL, TaskSet
-from grouping.training import predict, train_model, validation_figures
+from grouping.training import predict, train_model
 
 
 class HeadOutputs(OutputRows):
@@ -127,13 +128,7 @@ class BinaryLabelFamily(TaskFamily):
         """Mean validation cross-entropy (``target: loss``) or 1 − average precision
         (``ap``; 1 for a task without a validation positive, a constant that ranks no
         subset) of each task (label column) of ``tasks``."""
-        val = taskset.indices(VAL)
-        heads = tasks if heads is None else heads
-        logits = predict(select_heads(model, spec, heads),
-                         torch.tensor(taskset.features[val], device=device)).double()
-        labels = torch.tensor(taskset.labels[np.ix_(val, tasks)], dtype=torch.float64,
-                              device=device)
-        return validation_figures(logits, labels, target)
+        return validation_head_figures(model, spec, taskset, tasks, device, heads, target)
 
     def output_rows(self, model: nn.Module, spec: ModelSpec, taskset: TaskSet,
                     device: torch.device) -> HeadOutputs:

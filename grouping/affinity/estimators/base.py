@@ -154,6 +154,16 @@ class TrainingEstimator(Estimator):
         return getattr(options, cls.name).target
 
 
+def fine_tuning_schedule(fine_tuning: TrainConfig, lr: float | None, batch_size: int | None,
+                         patience: int | None = None) -> TrainConfig:
+    """``fine_tuning``'s settings with an estimator's own learning rate, batch size and
+    patience where it sets them (None keeps ``fine_tuning``'s)."""
+    return fine_tuning.model_copy(update={
+        "lr": lr or fine_tuning.lr,
+        "batch_size": batch_size or fine_tuning.batch_size,
+        "patience": patience or fine_tuning.patience})
+
+
 def task_loss_gradients(table: EstimatorInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per task, the weighted mean loss gradient of its training rows and of its validation
     rows in the projected space, [T, d] each, and its base validation loss [T].

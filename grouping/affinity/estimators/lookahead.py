@@ -22,8 +22,7 @@ figures); with ``curve_screened`` (the default where the lookahead keeps its bes
 and the family trains copies side by side) only the subsets with e*(S) = 0 are read off the
 curves (θ0's figures, untrained) and the others are fine-tuned and validated every epoch.
 The curves are trained once, under the first of the lookahead's seeds, and screen the
-subsets for every seed. The
-family fine-tunes a batch's subsets as it can
+subsets for every seed. The family fine-tunes a batch's subsets as it can
 (:meth:`grouping.families.TaskFamily.fine_tuned_figures`: the binary-label family trains
 their copies of θ0 side by side, the same figures at a fraction of the wall time).
 """
@@ -38,6 +37,7 @@ from grouping.affinity.estimators.base import (
     BaseModel,
     EstimatorInputs,
     TrainingEstimator,
+    fine_tuning_schedule,
 )
 from grouping.affinity.estimators.task_curves import base_curves, curve_stops
 from grouping.config import AffinityConfig, TrainConfig
@@ -61,10 +61,8 @@ class LookaheadEstimator(TrainingEstimator):
         batch size and patience of ``lookahead`` where it sets them (patience: none within
         ``lookahead.epochs`` unless it is set)."""
         options = self.options.lookahead
-        return fine_tuning.model_copy(update={
-            "lr": options.lr or fine_tuning.lr,
-            "batch_size": options.batch_size or fine_tuning.batch_size,
-            "patience": options.patience or options.epochs})
+        return fine_tuning_schedule(fine_tuning, options.lr, options.batch_size,
+                                    options.patience or options.epochs)
 
     @classmethod
     def independent_of_batch(cls, options: AffinityConfig) -> bool:

@@ -31,6 +31,7 @@ from grouping.affinity.estimators.base import (
     BaseModel,
     EstimatorInputs,
     TrainingEstimator,
+    fine_tuning_schedule,
 )
 from grouping.config import TrainConfig, TruthTarget
 from grouping.models import restore
@@ -104,9 +105,7 @@ class TaskCurvesEstimator(TrainingEstimator):
         """``fine_tuning``'s settings with the learning rate and batch size of
         ``task_curves`` where it sets them."""
         options = self.options.task_curves
-        return fine_tuning.model_copy(update={
-            "lr": options.lr or fine_tuning.lr,
-            "batch_size": options.batch_size or fine_tuning.batch_size})
+        return fine_tuning_schedule(fine_tuning, options.lr, options.batch_size)
 
     def prepare(self, subsets: np.ndarray, inputs: EstimatorInputs) -> FineTuningCurves:
         """The fine-tuning curve of every task the subsets hold (:func:`base_curves`)."""
